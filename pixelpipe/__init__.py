@@ -1,0 +1,1 @@
+"""pixelpipe: image ML data platform on Dagster."""

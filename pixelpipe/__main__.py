@@ -1,0 +1,5 @@
+"""`python -m pixelpipe` runs the CLI."""
+
+from pixelpipe.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Label Studio <-> COCO conversion and box maths; no Dagster here."""

@@ -1,0 +1,1 @@
+"""Dagster assets: thin wiring around the cores."""

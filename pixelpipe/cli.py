@@ -1,0 +1,132 @@
+"""The `pixelpipe` command line: devstack, data, pipeline, conversion, benchmarks, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from pixelpipe.settings import SettingsError, get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+devstack_app = typer.Typer(no_args_is_help=True, help="The embedded S3 + MLflow stack.")
+report_app = typer.Typer(no_args_is_help=True, help="Test reports.")
+convert_app = typer.Typer(no_args_is_help=True, help="Label Studio <-> COCO conversion.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks with a baseline in the same run.")
+app.add_typer(devstack_app, name="devstack")
+app.add_typer(report_app, name="report")
+app.add_typer(convert_app, name="convert")
+app.add_typer(bench_app, name="bench")
+
+DEFAULT_DIR = Path(".pixelpipe")
+
+
+def _settings():  # noqa: ANN202 - typer callbacks stay untyped-friendly
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+@devstack_app.command("up")
+def devstack_up(dir: Path = typer.Option(DEFAULT_DIR, "--dir", help="state directory")) -> None:
+    """Start S3 + MLflow on loopback (harmless if already running)."""
+    import time
+
+    from pixelpipe.devstack.stack import DevStack
+
+    started = time.monotonic()
+    info = DevStack(dir, _settings()).up()
+    typer.echo(f"S3      {info.s3_endpoint}  (pid {info.s3_pid})")
+    typer.echo(f"MLflow  {info.mlflow_uri}  (pid {info.mlflow_pid})")
+    typer.echo(f"ready in {time.monotonic() - started:.1f}s; `eval $(pixelpipe devstack env)`")
+
+
+@devstack_app.command("down")
+def devstack_down(dir: Path = typer.Option(DEFAULT_DIR, "--dir")) -> None:
+    """Stop the processes this directory's stack started (data stays)."""
+    from pixelpipe.devstack.stack import DevStack
+
+    pids = DevStack(dir, _settings()).down()
+    typer.echo(f"stopped {', '.join(map(str, pids))}" if pids else "nothing was running")
+
+
+@devstack_app.command("status")
+def devstack_status(dir: Path = typer.Option(DEFAULT_DIR, "--dir")) -> None:
+    """Say what runs where."""
+    from pixelpipe.devstack.stack import DevStack
+
+    status = DevStack(dir, _settings()).status()
+    typer.echo(json.dumps(status, indent=2))
+    raise typer.Exit(0 if status["running"] else 1)
+
+
+@devstack_app.command("env")
+def devstack_env(dir: Path = typer.Option(DEFAULT_DIR, "--dir")) -> None:
+    """Print `export NAME=value` lines for every setting the stack provides."""
+    import shlex
+
+    from pixelpipe.devstack.stack import DevStack
+
+    settings = _settings()
+    info = DevStack(dir, settings).info()
+    if not info:
+        typer.secho(f"no stack running in {dir}; run `pixelpipe devstack up`", fg="red", err=True)
+        raise typer.Exit(1)
+    for name, value in info.env(settings).items():
+        typer.echo(f"export {name}={shlex.quote(value)}")
+
+
+@app.command()
+def datagen(
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    count: int = typer.Option(40, "--count", min=1),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a learnable synthetic image set with a Label Studio export and label config."""
+    from pixelpipe.datagen import generate
+
+    summary = generate(out, count, seed)
+    typer.echo(f"wrote {summary}")
+
+
+@app.command()
+def upload(
+    dir: Path = typer.Argument(..., exists=True, file_okay=False),
+    prefix: str = typer.Option(None, "--prefix", help="raw prefix (default RAW_PREFIX)"),
+) -> None:
+    """Put a datagen folder into the raw bucket: images under PREFIX, exports under ANNOTATIONS_PREFIX."""
+    from pixelpipe.uploads import upload_dataset
+
+    settings = _settings()
+    report = upload_dataset(dir, settings, prefix or settings.raw_prefix, progress=True)
+    typer.echo(
+        f"uploaded {report.count} objects, {report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s"
+    )
+    if report.failures:
+        for key, reason in report.failures:
+            typer.secho(f"failed {key}: {reason}", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@report_app.command("upload")
+def report_upload(dir: Path = typer.Argument(..., exists=True, file_okay=False)) -> None:
+    """Put test reports in the artifacts bucket under test-reports/<timestamp>/ and in MLflow."""
+    from pixelpipe.reports import upload_reports
+
+    result = upload_reports(dir, _settings())
+    typer.echo(json.dumps(result, indent=2))
+
+
+def main() -> None:
+    """Entry point that turns configuration errors into a clean exit."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    try:
+        app()
+    except SettingsError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Embedded S3 + MLflow servers on loopback for a bare machine."""

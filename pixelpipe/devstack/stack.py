@@ -1,0 +1,336 @@
+"""Embedded stack: a SeaweedFS S3 server and an MLflow server on loopback, owned by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pixelpipe.settings import Settings
+
+HOST = "127.0.0.1"
+GRPC_OFFSET = 10000  # SeaweedFS puts each gRPC port at HTTP port + 10000
+PORT_RANGE = (20000, 44000)  # keeps port + 10000 below 55000
+S3_SERVICES = ("s3", "master", "volume", "filer", "admin")
+STATE_FILE = "stack.json"
+
+
+class StackError(RuntimeError):
+    """The embedded stack could not start, or is not running."""
+
+
+@dataclass
+class StackInfo:
+    """Where the running stack listens and how to reach it."""
+
+    dir: Path
+    s3_port: int
+    mlflow_port: int
+    access_key: str
+    secret_key: str
+    s3_pid: int
+    mlflow_pid: int
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{HOST}:{self.mlflow_port}"
+
+    def env(self, settings: Settings) -> dict[str, str]:
+        """Every variable a client of this stack needs, DAGSTER_HOME included."""
+        return {
+            "S3_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": settings.aws_region,
+            "RAW_BUCKET": settings.raw_bucket,
+            "AUGMENTED_BUCKET": settings.augmented_bucket,
+            "NORMALIZED_BUCKET": settings.normalized_bucket,
+            "ARTIFACTS_BUCKET": settings.artifacts_bucket,
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            "DAGSTER_HOME": str((self.dir / "dagster").resolve()),
+            "NVME_ROOT": str((self.dir / "nvme").resolve()),
+        }
+
+
+def _bin(name: str) -> str:
+    """A console script from this interpreter's environment, else from PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(f"'{name}' is not installed; run `make install`")
+    return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_ports(count: int, *, grpc: bool) -> list[int]:
+    """`count` free loopback ports (and, with grpc, their +10000 twins), all below 55000."""
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
+        ports = list(range(base, base + count))
+        needed = ports + ([p + GRPC_OFFSET for p in ports] if grpc else [])
+        if all(_port_free(p) for p in needed):
+            return ports
+    raise StackError("no free loopback ports found between 20000 and 54000")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:  # a zombie child of ours counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _pids_matching(needle: str) -> list[int]:
+    """PIDs whose command line contains needle (to find a stale server on our directory)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and needle in _cmdline(int(entry.name)):
+            out.append(int(entry.name))
+    return out
+
+
+def _stop_pid(pid: int, sig: int, timeout: float = 20.0) -> None:
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(pid, sig)  # each server leads its own session; its workers follow
+    except (ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_http(url: str, timeout: float, pid: int, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise StackError(f"server for {url} exited during start-up; log {log}:\n{tail}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status < 500:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise StackError(f"{url} did not answer within {timeout:.0f}s; see {log}")
+
+
+class DevStack:
+    """Start, stop and describe the embedded stack whose state lives under `root`."""
+
+    def __init__(self, root: Path | str, settings: Settings | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.settings = settings or Settings()
+
+    # --- state ---------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE_FILE
+
+    def _credentials(self) -> tuple[str, str]:
+        path = self.root / "credentials.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return data["access_key"], data["secret_key"]
+        access, secret = "pp" + secrets.token_hex(8), secrets.token_urlsafe(30)
+        path.write_text(json.dumps({"access_key": access, "secret_key": secret}))
+        path.chmod(0o600)
+        return access, secret
+
+    def info(self) -> StackInfo | None:
+        """The recorded stack if both of its processes are alive, else None."""
+        if not self.state_path.exists():
+            return None
+        data = json.loads(self.state_path.read_text())
+        info = StackInfo(dir=self.root, **data)
+        if _alive(info.s3_pid) and _alive(info.mlflow_pid):
+            return info
+        return None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def up(self, timeout: float = 90.0) -> StackInfo:
+        """Start both servers (a no-op when they already run) and create the buckets."""
+        running = self.info()
+        if running:
+            self._ensure_buckets(running)
+            return running
+        self.down()  # one half may be alive: stop it so ports and files are ours again
+        for sub in ("s3", "mlflow", "logs", "dagster", "nvme"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._write_dagster_yaml()
+        access, secret = self._credentials()
+        s3_pid, s3_port = self._start_s3(access, secret, timeout)
+        try:
+            info = StackInfo(self.root, s3_port, 0, access, secret, s3_pid, 0)
+            self._ensure_buckets(info)
+            info.mlflow_pid, info.mlflow_port = self._start_mlflow(info, timeout)
+        except BaseException:
+            _stop_pid(s3_pid, signal.SIGINT)
+            raise
+        state = {k: v for k, v in info.__dict__.items() if k != "dir"}
+        self.state_path.write_text(json.dumps(state, indent=2))
+        return info
+
+    def down(self) -> list[int]:
+        """Stop exactly the processes this directory started; return their PIDs."""
+        stopped: list[int] = []
+        if self.state_path.exists():
+            data = json.loads(self.state_path.read_text())
+            for key, sig in (("mlflow_pid", signal.SIGTERM), ("s3_pid", signal.SIGINT)):
+                pid = int(data.get(key) or 0)
+                if pid and _alive(pid) and str(self.root) in _cmdline(pid):
+                    _stop_pid(pid, sig)
+                    stopped.append(pid)
+            self.state_path.unlink()
+        # a server left behind by a crashed `up` on this directory still holds its files
+        for pid in _pids_matching(f"-dir={self.root / 's3' / 'data'}"):
+            _stop_pid(pid, signal.SIGINT)
+            stopped.append(pid)
+        return stopped
+
+    def status(self) -> dict[str, object]:
+        info = self.info()
+        if not info:
+            return {"running": False, "dir": str(self.root)}
+        return {
+            "running": True,
+            "dir": str(self.root),
+            "s3": {"endpoint": info.s3_endpoint, "pid": info.s3_pid},
+            "mlflow": {"uri": info.mlflow_uri, "pid": info.mlflow_pid},
+            "dagster_home": str(self.root / "dagster"),
+            "logs": str(self.root / "logs"),
+        }
+
+    # --- servers ---------------------------------------------------------------------------
+    def _start_s3(self, access: str, secret: str, timeout: float) -> tuple[int, int]:
+        data = self.root / "s3" / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        # weed mini saves its flags in mini.options and prefers them on the next start;
+        # remove it so the ports and config chosen now are the ones in force.
+        (data / "mini.options").unlink(missing_ok=True)
+        config = self.root / "s3" / "s3.json"
+        identity = {
+            "name": "pixelpipe",
+            "credentials": [{"accessKey": access, "secretKey": secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        config.chmod(0o600)
+        ports = dict(zip(S3_SERVICES, pick_ports(len(S3_SERVICES), grpc=True), strict=True))
+        cmd = [
+            _bin("weed"), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+            f"-s3.config={config}", "-master.telemetry=false", "-webdav=false",
+            "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            *(f"-{name}.port={port}" for name, port in ports.items()),
+        ]  # fmt: skip
+        log = self.root / "logs" / "s3.log"
+        proc = subprocess.Popen(
+            cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        _wait_http(f"http://{HOST}:{ports['s3']}/", timeout, proc.pid, log)
+        return proc.pid, ports["s3"]
+
+    def _start_mlflow(self, info: StackInfo, timeout: float) -> tuple[int, int]:
+        (port,) = pick_ports(1, grpc=False)
+        db = self.root / "mlflow" / "mlflow.db"
+        cmd = [
+            _bin("mlflow"), "server", "--host", HOST, "--port", str(port), "-w", "1",
+            "--backend-store-uri", f"sqlite:///{db}", "--serve-artifacts",
+            "--artifacts-destination", f"s3://{self.settings.artifacts_bucket}/mlflow",
+        ]  # fmt: skip
+        env = {
+            **os.environ,
+            "MLFLOW_S3_ENDPOINT_URL": info.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": info.access_key,
+            "AWS_SECRET_ACCESS_KEY": info.secret_key,
+            "AWS_DEFAULT_REGION": self.settings.aws_region,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        }
+        log = self.root / "logs" / "mlflow.log"
+        proc = subprocess.Popen(
+            cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        _wait_http(f"http://{HOST}:{port}/health", timeout, proc.pid, log)
+        return proc.pid, port
+
+    def _ensure_buckets(self, info: StackInfo) -> None:
+        from pixelpipe.resources.s3 import make_client
+
+        client = make_client(info.s3_endpoint, info.access_key, info.secret_key, self.settings.aws_region)
+        ensure_buckets(client, bucket_names(self.settings))
+
+    def _write_dagster_yaml(self) -> None:
+        path = self.root / "dagster" / "dagster.yaml"
+        if not path.exists():
+            path.write_text("telemetry:\n  enabled: false\n")
+
+
+def bucket_names(settings: Settings) -> list[str]:
+    """The buckets pixelpipe uses, in pipeline order."""
+    return [
+        settings.raw_bucket,
+        settings.augmented_bucket,
+        settings.normalized_bucket,
+        settings.artifacts_bucket,
+    ]
+
+
+def ensure_buckets(client: object, names: list[str]) -> None:
+    """Create each bucket unless it exists (safe to repeat)."""
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}  # type: ignore[attr-defined]
+    for name in names:
+        if name not in existing:
+            client.create_bucket(Bucket=name)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Pure image cores: decode, augment, resize backends; no Dagster here."""

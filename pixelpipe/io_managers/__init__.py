@@ -1,0 +1,1 @@
+"""Dagster IO managers: NVMe staging between S3 and local disk."""

@@ -1,0 +1,1 @@
+"""Dagster resources: S3 and MLflow clients."""

@@ -1,0 +1,1 @@
+"""Dagster sensors: S3 polling."""

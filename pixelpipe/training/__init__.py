@@ -1,0 +1,1 @@
+"""Training: launcher validation, loaders, model, MLflow logging."""
