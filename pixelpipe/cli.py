@@ -91,7 +91,10 @@ def datagen(
     from pixelpipe.datagen import generate
 
     summary = generate(out, count, seed)
-    typer.echo(f"wrote {summary}")
+    typer.echo(
+        f"wrote {summary.images} images with {summary.boxes} boxes to {out} "
+        f"(export {summary.export_path}, config {summary.label_config_path})"
+    )
 
 
 @app.command()
@@ -99,7 +102,7 @@ def upload(
     dir: Path = typer.Argument(..., exists=True, file_okay=False),
     prefix: str = typer.Option(None, "--prefix", help="raw prefix (default RAW_PREFIX)"),
 ) -> None:
-    """Put a datagen folder into the raw bucket: images under PREFIX, exports under ANNOTATIONS_PREFIX."""
+    """Put a datagen folder in RAW_BUCKET: images under PREFIX, exports under ANNOTATIONS_PREFIX."""
     from pixelpipe.uploads import upload_dataset
 
     settings = _settings()
@@ -110,6 +113,23 @@ def upload(
     if report.failures:
         for key, reason in report.failures:
             typer.secho(f"failed {key}: {reason}", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def poll(
+    prefix: str = typer.Option(None, "--prefix", help="raw prefix to watch (default RAW_PREFIX)"),
+    once: bool = typer.Option(False, "--once", help="one tick, then exit"),
+    interval: float = typer.Option(10.0, "--interval", help="seconds between ticks"),
+) -> None:
+    """Evaluate the raw-images sensor on DAGSTER_HOME's instance and run its batches in-process."""
+    from pixelpipe.pipeline import poll as run_poll
+
+    settings = _settings()
+    outcomes = run_poll(
+        settings, prefix or settings.raw_prefix, once=once, interval=interval, echo=typer.echo
+    )
+    if any(not o.success for o in outcomes):
         raise typer.Exit(1)
 
 

@@ -42,7 +42,9 @@ def upload_reports(directory: Path, settings: Settings) -> dict[str, Any]:
     client.log_artifacts(run.info.run_id, str(directory), artifact_path="reports")
     client.set_terminated(run.info.run_id, "FINISHED")
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
-    expected = {f"reports/{p.relative_to(directory).as_posix()}" for p in files if p.parent == directory}
+    expected = {
+        f"reports/{p.relative_to(directory).as_posix()}" for p in files if p.parent == directory
+    }
     if missing_ml := sorted(expected - logged):
         raise RuntimeError(f"reports missing from MLflow run {run.info.run_id}: {missing_ml}")
     return {

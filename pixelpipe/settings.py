@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # ingest
     ingest_batch_size: int = Field(64, ge=1, le=100_000, description="keys per batch partition")
     ingest_mode: Literal["poll", "sqs"] = Field("poll", description="poll | sqs")
+    sensor_interval_seconds: int = Field(30, ge=1, le=86400, description="sensor tick interval")
+    s3_conditional_writes: Literal["auto", "on", "off"] = Field(
+        "auto", description="If-None-Match manifest writes: auto probes the server"
+    )
     ingest_lookback_seconds: int = Field(
         3600, ge=0, le=7 * 86400, description="how late an object may become visible"
     )

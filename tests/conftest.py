@@ -90,8 +90,15 @@ def settings(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     os.environ.update(env)
     settings_mod.get_settings.cache_clear()
     current = load_settings()
-    ensure_buckets(stack.client(), [current.raw_bucket, current.augmented_bucket,
-                                    current.normalized_bucket, current.artifacts_bucket])
+    ensure_buckets(
+        stack.client(),
+        [
+            current.raw_bucket,
+            current.augmented_bucket,
+            current.normalized_bucket,
+            current.artifacts_bucket,
+        ],
+    )
     try:
         yield current
     finally:

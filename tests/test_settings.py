@@ -53,7 +53,9 @@ def test_several_bad_values_are_all_reported(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_defaults_and_parsed_variants(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NORMALIZE_SIZES", "small:224x224, medium:384x256:letterbox,big:640x480:stretch")
+    monkeypatch.setenv(
+        "NORMALIZE_SIZES", "small:224x224, medium:384x256:letterbox,big:640x480:stretch"
+    )
     monkeypatch.setenv("RAW_PREFIX", "incoming/")
     settings = load_settings()
     assert settings.variants == [

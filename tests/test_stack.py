@@ -1,4 +1,4 @@
-"""The embedded stack is real: S3 with auth and pagination, MLflow with S3 artifacts and a registry."""
+"""The embedded stack is real: S3 with auth and pagination, MLflow with S3 artifacts, a registry."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import botocore.exceptions
 import pytest
-
 from conftest import Stack
+
 from pixelpipe.settings import Settings
 
 
@@ -84,11 +84,22 @@ def test_devstack_cli_lifecycle(tmp_path: Path) -> None:
         env = dict(
             line.removeprefix("export ").split("=", 1) for line in cli("env").stdout.splitlines()
         )
-        for name in ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                     "MLFLOW_TRACKING_URI", "DAGSTER_HOME", "RAW_BUCKET", "ARTIFACTS_BUCKET"):
+        for name in (
+            "S3_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "MLFLOW_TRACKING_URI",
+            "DAGSTER_HOME",
+            "RAW_BUCKET",
+            "ARTIFACTS_BUCKET",
+        ):
             assert env.get(name), name
-        stack = Stack(env["S3_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"],
-                      env["AWS_SECRET_ACCESS_KEY"], env["MLFLOW_TRACKING_URI"])
+        stack = Stack(
+            env["S3_ENDPOINT_URL"],
+            env["AWS_ACCESS_KEY_ID"],
+            env["AWS_SECRET_ACCESS_KEY"],
+            env["MLFLOW_TRACKING_URI"],
+        )
         stack.client().put_object(Bucket=env["RAW_BUCKET"], Key="keep.txt", Body=b"kept")
         status = cli("status")
         assert status.returncode == 0 and '"running": true' in status.stdout
@@ -100,8 +111,12 @@ def test_devstack_cli_lifecycle(tmp_path: Path) -> None:
         env = dict(
             line.removeprefix("export ").split("=", 1) for line in cli("env").stdout.splitlines()
         )
-        again = Stack(env["S3_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"],
-                      env["AWS_SECRET_ACCESS_KEY"], env["MLFLOW_TRACKING_URI"])
+        again = Stack(
+            env["S3_ENDPOINT_URL"],
+            env["AWS_ACCESS_KEY_ID"],
+            env["AWS_SECRET_ACCESS_KEY"],
+            env["MLFLOW_TRACKING_URI"],
+        )
         body = again.client().get_object(Bucket=env["RAW_BUCKET"], Key="keep.txt")["Body"].read()
         assert body == b"kept"
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -121,7 +122,11 @@ def _pids_matching(needle: str) -> list[int]:
     """PIDs whose command line contains needle (to find a stale server on our directory)."""
     out = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid() and needle in _cmdline(int(entry.name)):
+        if (
+            entry.name.isdigit()
+            and int(entry.name) != os.getpid()
+            and needle in _cmdline(int(entry.name))
+        ):
             out.append(int(entry.name))
     return out
 
@@ -137,15 +142,11 @@ def _stop_pid(pid: int, sig: int, timeout: float = 20.0) -> None:
     while time.monotonic() < deadline:
         if not _alive(pid):
             return
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _wait_http(url: str, timeout: float, pid: int, log: Path) -> None:
@@ -309,7 +310,9 @@ class DevStack:
     def _ensure_buckets(self, info: StackInfo) -> None:
         from pixelpipe.resources.s3 import make_client
 
-        client = make_client(info.s3_endpoint, info.access_key, info.secret_key, self.settings.aws_region)
+        client = make_client(
+            info.s3_endpoint, info.access_key, info.secret_key, self.settings.aws_region
+        )
         ensure_buckets(client, bucket_names(self.settings))
 
     def _write_dagster_yaml(self) -> None:

@@ -20,7 +20,9 @@ class Box(TypedDict):
     h: float
 
 
-def clip_boxes(boxes: Iterable[Box], width: int, height: int, min_area: float = MIN_AREA) -> list[Box]:
+def clip_boxes(
+    boxes: Iterable[Box], width: int, height: int, min_area: float = MIN_AREA
+) -> list[Box]:
     """Clip boxes to the image and drop those whose remaining area is below min_area px."""
     out: list[Box] = []
     for b in boxes:
@@ -35,7 +37,7 @@ def clip_boxes(boxes: Iterable[Box], width: int, height: int, min_area: float = 
 def affine_boxes(
     boxes: Iterable[Box], matrix: Sequence[Sequence[float]], width: int, height: int
 ) -> list[Box]:
-    """Map boxes through a 3x3 (or 2x3) affine matrix: corner envelope, then clip to width x height."""
+    """Map boxes through a 3x3 (or 2x3) affine matrix: corner envelope, clipped to the image."""
     m = np.asarray(matrix, dtype=np.float64)
     if m.shape == (2, 3):
         m = np.vstack([m, [0.0, 0.0, 1.0]])
@@ -46,5 +48,7 @@ def affine_boxes(
         pts = np.array([[x, y, 1.0] for x in xs for y in ys]).T
         tx, ty, _ = m @ pts
         x0, y0 = float(tx.min()), float(ty.min())
-        moved.append(Box(label=b["label"], x=x0, y=y0, w=float(tx.max()) - x0, h=float(ty.max()) - y0))
+        moved.append(
+            Box(label=b["label"], x=x0, y=y0, w=float(tx.max()) - x0, h=float(ty.max()) - y0)
+        )
     return clip_boxes(moved, width, height)

@@ -10,7 +10,9 @@ Mode = Literal["fit", "letterbox", "stretch"]
 MODES: tuple[str, ...] = ("fit", "letterbox", "stretch")
 SIZES_FORMAT = "NAME:WIDTHxHEIGHT[:MODE], comma-separated, MODE one of fit|letterbox|stretch"
 
-_ITEM = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<w>\d+)x(?P<h>\d+)(?::(?P<mode>\w+))?$")
+_ITEM = re.compile(
+    r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<w>\d+)x(?P<h>\d+)(?::(?P<mode>\w+))?$"
+)
 MAX_SIDE = 16384
 
 

@@ -92,4 +92,6 @@ class S3Resource(dg.ConfigurableResource):
 def _cached_client(
     endpoint: str | None, key: str | None, secret: str | None, region: str, attempts: int, pool: int
 ) -> Any:
-    return make_client(endpoint, key, secret, region, max_attempts=attempts, max_pool_connections=pool)
+    return make_client(
+        endpoint, key, secret, region, max_attempts=attempts, max_pool_connections=pool
+    )

@@ -1,0 +1,37 @@
+# pixelpipe: `make demo` runs the whole pipeline on the embedded stack; `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# DALI (the gpu extra) ships Linux x86_64 wheels only.
+EXTRAS := dev$(shell [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ] && echo ",gpu")
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)-$(EXTRAS)
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install lint test demo demo-down clean schemas
+
+install: $(STAMP)
+
+# `python -m pip`, not uv/poetry: pip finds the CPU torch wheel on local disk.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+schemas: install
+	$(PY) -m pixelpipe.manifests
+
+test: install lint
+	bash scripts/test.sh
+
+demo: install
+	$(PY) -m pixelpipe demo
+
+demo-down: install
+	$(PY) -m pixelpipe devstack down
+
+clean:
+	rm -rf .pixelpipe reports

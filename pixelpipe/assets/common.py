@@ -1,0 +1,107 @@
+"""Helpers shared by the stage assets: config snapshot, checks of written manifests."""
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import botocore.exceptions
+import dagster as dg
+
+from pixelpipe import manifests as mf
+from pixelpipe.storage.keys import relative_key
+
+RAW_BOXES_KEY = "annotations/raw_boxes.json"
+CHECK_NAMES = ("manifest_valid", "outputs_exist", "counts_add_up")
+CHECK_DESCRIPTIONS = {
+    "manifest_valid": "the manifest validates against its committed JSON Schema",
+    "outputs_exist": "every output_uri in the manifest exists",
+    "counts_add_up": "outputs and failures in the stats match the listed items",
+}
+
+
+def load_raw_boxes(s3: Any, artifacts_bucket: str) -> dict[str, list[dict[str, Any]]]:
+    """Raw-pixel boxes by raw object key, from the latest Label Studio conversion ({} if none)."""
+    try:
+        body = s3.get_object(Bucket=artifacts_bucket, Key=RAW_BOXES_KEY)["Body"].read()
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            return {}
+        raise
+    return dict(json.loads(body).get("boxes", {}))
+
+
+def output_stem(partition: str, source_key: str, prefix: str) -> str:
+    """<partition>/<key under the batch prefix, without extension>."""
+    rel = relative_key(source_key, prefix) if prefix else source_key
+    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
+    return f"{partition}/{stem}"
+
+
+def manifest_check_results(
+    s3: Any,
+    bucket: str,
+    asset: str,
+    partition: str,
+    schema: str,
+    extra: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, tuple[bool, dict[str, Any]]]:
+    """Blocking-check outcomes: the manifest validates, every output exists, counts add up."""
+    uri = mf.latest_manifest_uri(s3, bucket, asset, partition)
+    if uri is None:
+        missing = (False, {"reason": f"no {asset} manifest for {partition}"})
+        return dict.fromkeys(CHECK_NAMES, missing)
+    doc = mf.read_json(s3, uri)
+    out: dict[str, tuple[bool, dict[str, Any]]] = {}
+    try:
+        mf.validate_against_schema(schema, doc)
+        out["manifest_valid"] = (True, {"manifest_uri": uri})
+    except Exception as exc:  # noqa: BLE001 - the check reports whatever is wrong
+        out["manifest_valid"] = (False, {"manifest_uri": uri, "reason": str(exc)[:500]})
+    absent = [i["output_uri"] for i in doc["items"] if not _exists(s3, i["output_uri"])]
+    out["outputs_exist"] = (not absent, {"checked": len(doc["items"]), "missing": absent[:20]})
+    stats = doc["stats"]
+    ok = stats["outputs"] == len(doc["items"]) and stats["failures"] == len(doc["failures"])
+    ok = ok and (extra is None or extra(doc))
+    out["counts_add_up"] = (bool(ok), {k: stats[k] for k in ("inputs", "outputs", "failures")})
+    return out
+
+
+def build_manifest_checks(
+    asset: Any,
+    bucket_of: Callable[[Any], str],
+    schema: str,
+    extra: Callable[[dict[str, Any]], bool] | None = None,
+) -> list[dg.AssetChecksDefinition]:
+    """One blocking, partitioned asset check per CHECK_NAMES entry for `asset`."""
+    from pixelpipe.resources.s3 import S3Resource
+    from pixelpipe.settings import get_settings
+
+    name = asset.key.path[-1]
+
+    def make(check_name: str) -> dg.AssetChecksDefinition:
+        @dg.asset_check(
+            asset=asset,
+            name=check_name,
+            blocking=True,
+            partitions_def=asset.partitions_def,
+            description=CHECK_DESCRIPTIONS[check_name],
+        )
+        def _check(context: dg.AssetCheckExecutionContext, s3: S3Resource) -> dg.AssetCheckResult:
+            results = manifest_check_results(
+                s3.client(), bucket_of(get_settings()), name, context.partition_key, schema, extra
+            )
+            passed, metadata = results[check_name]
+            return dg.AssetCheckResult(passed=passed, metadata=metadata)
+
+        return _check
+
+    return [make(n) for n in CHECK_NAMES]
+
+
+def _exists(s3: Any, uri: str) -> bool:
+    bucket, key = mf.split_uri(uri)
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError:
+        return False
+    return True

@@ -1,0 +1,154 @@
+"""Stage 1: raw image batches (sensor partitions) and their augmented copies."""
+
+import time
+from typing import Any
+
+import dagster as dg
+
+from pixelpipe import manifests as mf
+from pixelpipe.assets.common import build_manifest_checks, load_raw_boxes, output_stem
+from pixelpipe.imaging import augment as aug
+from pixelpipe.imaging.stage1 import Stage1Task, run_tasks
+from pixelpipe.io_managers.staging import StagedBatch, StagedOutput, batch_listing_key
+from pixelpipe.resources.s3 import S3Resource
+from pixelpipe.sensors.raw_images import raw_batches_partitions
+from pixelpipe.settings import get_settings
+
+
+@dg.asset(
+    partitions_def=raw_batches_partitions,
+    io_manager_key="staging_io_manager",
+    group_name="ingest",
+    kinds={"s3"},
+)
+def raw_image_batches(context: dg.AssetExecutionContext, s3: S3Resource) -> mf.BatchListing:
+    """One batch of new raw images found by the sensor, pinned by key and ETag."""
+    settings = get_settings()
+    uri = f"s3://{settings.artifacts_bucket}/{batch_listing_key(context.partition_key)}"
+    listing = mf.BatchListing.model_validate(mf.read_json(s3.client(), uri))
+    context.add_output_metadata(
+        {
+            "listing_uri": uri,
+            "objects": len(listing.objects),
+            "bytes": sum(o.size for o in listing.objects),
+            "source": f"s3://{listing.bucket}/{listing.prefix}",
+        }
+    )
+    return listing
+
+
+@dg.asset(
+    partitions_def=raw_batches_partitions,
+    io_manager_key="staging_io_manager",
+    group_name="ingest",
+    kinds={"albumentations"},
+)
+def augmented_images(
+    context: dg.AssetExecutionContext, raw_image_batches: StagedBatch, s3: S3Resource
+) -> StagedOutput:
+    """AUGMENT_COPIES augmented JPEGs per raw image, with the transform that made each."""
+    settings = get_settings()
+    batch = raw_image_batches
+    spec = aug.load_spec(settings.augment_spec)
+    digest = aug.spec_digest(spec)
+    prefix = batch.listing.prefix if batch.listing else ""
+    raw_boxes = load_raw_boxes(s3.client(), settings.artifacts_bucket)
+    tasks = [
+        Stage1Task(
+            source_key=f.source_key,
+            local_path=str(f.local_path),
+            out_dir=str(batch.output_dir),
+            out_stem=output_stem(batch.partition, f.source_key, prefix),
+            copies=settings.augment_copies,
+            spec=spec,
+            spec_digest=digest,
+            boxes=raw_boxes.get(f.source_key, []),  # type: ignore[arg-type]
+            quality=settings.jpeg_quality,
+        )
+        for f in batch.files
+    ]
+    started = time.perf_counter()
+    results = run_tasks(tasks, settings.worker_count)
+    compute = time.perf_counter() - started
+    by_key = {f.source_key: f for f in batch.files}
+    items: list[mf.Stage1Item] = []
+    failures = list(batch.failures)
+    uploads: list[tuple[str, str]] = []
+    for result in results:
+        source = by_key[result.source_key]
+        if not result.ok:
+            failures.append(mf.Failure(source_uri=source.source_uri, reason=result.reason or "?"))
+            continue
+        for it in result.items:
+            key = it["rel_path"]
+            uploads.append((str(batch.output_dir / key), key))
+            items.append(
+                mf.Stage1Item(
+                    source_uri=source.source_uri,
+                    source_key=source.source_key,
+                    output_uri=f"s3://{settings.augmented_bucket}/{key}",
+                    sha256=it["sha256"],
+                    width=it["width"],
+                    height=it["height"],
+                    bytes=it["bytes"],
+                    copy_index=it["copy_index"],
+                    seed=it["seed"],
+                    transform=it["record"],
+                    boxes=[mf.BoxRecord(**b) for b in it["boxes"]],
+                )
+            )
+    inputs = len(batch.files) + len(batch.failures)
+    manifest = mf.Stage1Manifest(
+        asset="augmented_images",
+        run_id=context.run.run_id,
+        partition=batch.partition,
+        created_at=mf.now_iso(),
+        config={
+            "augment_spec": spec,
+            "spec_digest": digest,
+            "copies": settings.augment_copies,
+            "jpeg_quality": settings.jpeg_quality,
+            "listing": batch.upstream_manifest_uri
+            or f"s3://{settings.artifacts_bucket}/{batch_listing_key(batch.partition)}",
+        },
+        items=items,
+        failures=failures,
+        stats=mf.StageStats(
+            inputs=inputs,
+            outputs=len(items),
+            failures=len(failures),
+            bytes_in=batch.stage_in_bytes,
+            seconds_stage_in=batch.stage_in_seconds,
+            seconds_compute=compute,
+            images_per_second=len(batch.files) / compute if compute else 0,
+        ),
+    )
+    for failure in failures:
+        context.log.warning(f"failed {failure.source_uri}: {failure.reason}")
+    return StagedOutput(
+        bucket=settings.augmented_bucket,
+        output_dir=batch.output_dir,
+        uploads=uploads,
+        manifest=manifest,
+        schema="stage1_manifest",
+        preview=[_preview(i) for i in items[:8]],
+        metadata={
+            "inputs": inputs,
+            "workers": settings.worker_count,
+            "spec_digest": digest,
+            "raw_boxes_known": sum(1 for t in tasks if t.boxes),
+        },
+    )
+
+
+def _preview(item: mf.Stage1Item) -> dict[str, Any]:
+    return {
+        "source": item.source_key,
+        "output": item.output_uri,
+        "size": f"{item.width}x{item.height}",
+        "copy": item.copy_index,
+        "boxes": len(item.boxes),
+    }
+
+
+checks = build_manifest_checks(augmented_images, lambda s: s.augmented_bucket, "stage1_manifest")

@@ -1,0 +1,152 @@
+"""Stage 2: every NORMALIZE_SIZES variant of every stage-1 image, from one decode each."""
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import dagster as dg
+
+from pixelpipe import manifests as mf
+from pixelpipe.assets.common import build_manifest_checks
+from pixelpipe.imaging.stage2 import Stage2Input, run_stage2
+from pixelpipe.io_managers.staging import StagedBatch, StagedOutput
+from pixelpipe.sensors.raw_images import raw_batches_partitions
+from pixelpipe.settings import get_settings
+
+
+@dg.asset(
+    partitions_def=raw_batches_partitions,
+    io_manager_key="staging_io_manager",
+    group_name="ingest",
+    kinds={"dali"},
+)
+def normalized_images(
+    context: dg.AssetExecutionContext, augmented_images: StagedBatch
+) -> StagedOutput:
+    """Each stage-1 image in every training size, under <variant_name>/<partition>/<key>."""
+    settings = get_settings()
+    batch = augmented_images
+    variants = settings.variants
+    inputs = [
+        Stage2Input(
+            source_uri=f.source_uri,
+            local_path=str(f.local_path),
+            rel_key=f.source_key,
+            boxes=[_box(b) for b in (f.item or {}).get("boxes", [])],
+        )
+        for f in batch.files
+    ]
+    raw_key = {f.source_uri: (f.item or {}).get("source_key", f.source_key) for f in batch.files}
+    started = time.perf_counter()
+    results = run_stage2(
+        inputs,
+        variants,
+        batch.output_dir,
+        backend=settings.image_backend,
+        quality=settings.jpeg_quality,
+        workers=settings.worker_count,
+    )
+    compute = time.perf_counter() - started
+    items: list[mf.Stage2Item] = []
+    failures = list(batch.failures)
+    uploads: list[tuple[str, str]] = []
+    per_variant: dict[str, list[mf.Stage2Item]] = defaultdict(list)
+    for r in results:
+        if not r.ok:
+            failures.append(mf.Failure(source_uri=r.source_uri, reason=r.reason or "?"))
+            continue
+        key = r.rel_path or f"{r.variant_name}/{r.rel_key}"
+        uploads.append((str(batch.output_dir / key), key))
+        item = mf.Stage2Item(
+            source_uri=r.source_uri,
+            source_key=raw_key[r.source_uri],
+            variant_name=r.variant_name or "",
+            width=r.width,
+            height=r.height,
+            output_uri=f"s3://{settings.normalized_bucket}/{key}",
+            sha256=r.sha256 or "",
+            bytes=r.bytes,
+            geometry=r.geometry or {},
+            boxes=[mf.BoxRecord(**b) for b in r.boxes],
+        )
+        items.append(item)
+        per_variant[item.variant_name].append(item)
+    variant_stats = {
+        v.name: mf.VariantStats(
+            outputs=len(per_variant[v.name]),
+            bytes=sum(i.bytes for i in per_variant[v.name]),
+            width=v.width,
+            height=v.height,
+            mode=v.mode,
+        )
+        for v in variants
+    }
+    manifest = mf.Stage2Manifest(
+        asset="normalized_images",
+        run_id=context.run.run_id,
+        partition=batch.partition,
+        created_at=mf.now_iso(),
+        config={
+            "normalize_sizes": [v.spec() for v in variants],
+            "backend": settings.image_backend,
+            "jpeg_quality": settings.jpeg_quality,
+            "upstream": batch.upstream_manifest_uri,
+        },
+        items=items,
+        failures=failures,
+        variant_stats=variant_stats,
+        stats=mf.StageStats(
+            inputs=len(batch.files) + len(batch.failures),
+            outputs=len(items),
+            failures=len(failures),
+            bytes_in=batch.stage_in_bytes,
+            seconds_stage_in=batch.stage_in_seconds,
+            seconds_compute=compute,
+            images_per_second=len(batch.files) / compute if compute else 0.0,
+        ),
+    )
+    for failure in failures:
+        context.log.warning(f"failed {failure.source_uri}: {failure.reason}")
+    return StagedOutput(
+        bucket=settings.normalized_bucket,
+        output_dir=batch.output_dir,
+        uploads=uploads,
+        manifest=manifest,
+        schema="stage2_manifest",
+        preview=[_preview(i) for i in items[:8]],
+        metadata={
+            "variants": ", ".join(v.spec() for v in variants),
+            "reused_from_nvme": batch.reused_local,
+            "downloaded": batch.downloaded,
+            "backend": settings.image_backend,
+        },
+    )
+
+
+def _box(raw: dict[str, Any]) -> Any:
+    return {k: raw[k] for k in ("label", "x", "y", "w", "h")}
+
+
+def _preview(item: mf.Stage2Item) -> dict[str, Any]:
+    return {
+        "variant": item.variant_name,
+        "output": item.output_uri,
+        "size": f"{item.width}x{item.height}",
+        "boxes": len(item.boxes),
+    }
+
+
+def _every_input_has_every_variant(doc: dict[str, Any]) -> bool:
+    names = set(doc["variant_stats"])
+    by_source: dict[str, set[str]] = defaultdict(set)
+    for item in doc["items"]:
+        by_source[item["source_uri"]].add(item["variant_name"])
+    return all(found == names for found in by_source.values())
+
+
+checks = build_manifest_checks(
+    normalized_images,
+    lambda s: s.normalized_bucket,
+    "stage2_manifest",
+    _every_input_has_every_variant,
+)

@@ -1,0 +1,65 @@
+"""One Definitions for the whole platform: assets, checks, sensors, jobs, resources, IO managers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import dagster as dg  # noqa: E402
+
+from pixelpipe.assets import stage1, stage2  # noqa: E402
+from pixelpipe.io_managers.staging import NvmeStagingIOManager  # noqa: E402
+from pixelpipe.resources.mlflow import MlflowResource  # noqa: E402
+from pixelpipe.resources.s3 import S3Resource  # noqa: E402
+from pixelpipe.sensors.cleanup import nvme_cleanup_sensors  # noqa: E402
+from pixelpipe.sensors.raw_images import build_raw_images_sensor  # noqa: E402
+from pixelpipe.settings import Settings, get_settings  # noqa: E402
+
+INGEST_ASSETS = [stage1.raw_image_batches, stage1.augmented_images, stage2.normalized_images]
+
+
+def build_ingest_job() -> dg.UnresolvedAssetJobDefinition:
+    """Stage 1 + Stage 2 for one batch partition, steps in one process (pools stay warm)."""
+    return dg.define_asset_job(
+        "ingest_job",
+        selection=dg.AssetSelection.assets(*INGEST_ASSETS),
+        partitions_def=stage1.raw_batches_partitions,
+        executor_def=dg.in_process_executor,
+    )
+
+
+def resources_for(settings: Settings) -> dict[str, object]:
+    s3 = S3Resource.from_settings(settings)
+    return {
+        "s3": s3,
+        "mlflow": MlflowResource.from_settings(settings),
+        "staging_io_manager": NvmeStagingIOManager(
+            s3=s3,
+            nvme_root=str(settings.nvme_root.resolve()),
+            artifacts_bucket=settings.artifacts_bucket,
+            augmented_bucket=settings.augmented_bucket,
+            normalized_bucket=settings.normalized_bucket,
+            conditional_writes=settings.s3_conditional_writes,
+            concurrency=settings.s3_max_concurrency,
+        ),
+    }
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    """Everything, wired to `settings` (default: the environment)."""
+    settings = settings or get_settings()
+    ingest_job = build_ingest_job()
+    return dg.Definitions(
+        assets=INGEST_ASSETS,
+        asset_checks=[*stage1.checks, *stage2.checks],
+        jobs=[ingest_job],
+        sensors=[
+            build_raw_images_sensor(ingest_job, settings, settings.sensor_interval_seconds),
+            *nvme_cleanup_sensors(settings),
+        ],
+        resources=resources_for(settings),
+    )
+
+
+defs = build_definitions()

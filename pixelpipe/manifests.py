@@ -1,0 +1,274 @@
+"""Manifest models (pydantic), their JSON Schemas, and write-once storage in S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+MANIFEST_ROOT = "_manifests"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BoxRecord(_Model):
+    """A box in the pixels of the image it belongs to (COCO xywh, top-left origin)."""
+
+    label: str
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+class Failure(_Model):
+    """An input that failed alone, and why."""
+
+    source_uri: str
+    reason: str
+
+
+class StageStats(_Model):
+    """Counts, bytes and seconds of one stage run."""
+
+    inputs: int = 0
+    outputs: int = 0
+    failures: int = 0
+    skipped: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds_stage_in: float = 0.0
+    seconds_compute: float = 0.0
+    seconds_stage_out: float = 0.0
+    images_per_second: float = 0.0
+
+
+class BatchObject(_Model):
+    """One raw object of a batch, pinned by its ETag."""
+
+    key: str
+    etag: str
+    size: int
+    last_modified: str
+
+
+class BatchListing(_Model):
+    """The key list of one batch partition: a partition re-runs exactly these objects."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    partition: str
+    bucket: str
+    prefix: str
+    created_at: str
+    objects: list[BatchObject]
+
+
+class Stage1Item(_Model):
+    """One augmented copy of one raw image."""
+
+    source_uri: str
+    source_key: str
+    output_uri: str
+    sha256: str
+    width: int
+    height: int
+    bytes: int
+    copy_index: int
+    seed: int
+    transform: dict[str, Any] = Field(
+        description="TransformRecord: seed, spec digest, sizes, matrix"
+    )
+    boxes: list[BoxRecord] = []
+
+
+class Stage2Item(_Model):
+    """One variant of one stage-1 image."""
+
+    source_uri: str
+    source_key: str = Field(description="the raw object key this image descends from")
+    variant_name: str
+    width: int
+    height: int
+    output_uri: str
+    sha256: str
+    bytes: int
+    geometry: dict[str, Any]
+    boxes: list[BoxRecord] = []
+
+
+class VariantStats(_Model):
+    """Per-variant output counts and bytes."""
+
+    outputs: int
+    bytes: int
+    width: int
+    height: int
+    mode: str
+
+
+class _Manifest(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    asset: str
+    run_id: str
+    partition: str
+    created_at: str
+    config: dict[str, Any]
+    failures: list[Failure] = []
+    stats: StageStats = StageStats()
+
+
+class Stage1Manifest(_Manifest):
+    """Stage 1 (augmented_images) manifest."""
+
+    stage: Literal["augment"] = "augment"
+    items: list[Stage1Item]
+
+
+class Stage2Manifest(_Manifest):
+    """Stage 2 (normalized_images) manifest."""
+
+    stage: Literal["normalize"] = "normalize"
+    items: list[Stage2Item]
+    variant_stats: dict[str, VariantStats] = {}
+
+
+MODELS: dict[str, type[BaseModel]] = {
+    "batch_listing": BatchListing,
+    "stage1_manifest": Stage1Manifest,
+    "stage2_manifest": Stage2Manifest,
+}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every model, keyed by file stem."""
+    return {name: model.model_json_schema() for name, model in MODELS.items()}
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """Regenerate schemas/*.schema.json (committed; a test fails when they drift)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, schema in json_schemas().items():
+        path = directory / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    return paths
+
+
+def validate_against_schema(name: str, document: dict[str, Any]) -> None:
+    """Validate a JSON document against the committed schema; jsonschema errors say where."""
+    import jsonschema
+
+    schema = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
+    jsonschema.validate(document, schema)
+
+
+# --- storage -------------------------------------------------------------------------------
+
+
+def content_digest(manifest: _Manifest) -> str:
+    """sha256 of what a manifest says, without run id, time or timings (so re-runs match)."""
+    body = manifest.model_dump(mode="json", exclude={"run_id", "created_at", "stats"})
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def manifest_prefix(asset: str, partition: str) -> str:
+    return f"{MANIFEST_ROOT}/{asset}/{partition}"
+
+
+def probe_conditional_writes(s3: Any, bucket: str) -> bool:
+    """True when the server refuses a second `If-None-Match: *` put of the same key."""
+    import botocore.exceptions
+
+    key = f"{MANIFEST_ROOT}/_probe/{uuid.uuid4().hex}"
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"1", IfNoneMatch="*")
+        try:
+            s3.put_object(Bucket=bucket, Key=key, Body=b"2", IfNoneMatch="*")
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            return code in {"PreconditionFailed", "ConditionalRequestConflict", "412"}
+        return False
+    except botocore.exceptions.ClientError:
+        return False
+    finally:
+        s3.delete_object(Bucket=bucket, Key=key)
+
+
+def write_manifest(
+    s3: Any, bucket: str, manifest: _Manifest, *, conditional: bool
+) -> tuple[str, bool]:
+    """Write a manifest that is never rewritten in place; return (s3 uri, newly_written).
+
+    With conditional writes the key is content-addressed and put with If-None-Match, so a
+    re-run that produced the same outputs finds the first run's manifest and keeps it.
+    Without them, each run writes its own key. Either way `latest.json` then points at it.
+    """
+    import botocore.exceptions
+
+    prefix = manifest_prefix(manifest.asset, manifest.partition)
+    body = manifest.model_dump_json(indent=1).encode()
+    written = True
+    if conditional:
+        key = f"{prefix}/manifest-{content_digest(manifest)[:16]}.json"
+        try:
+            s3.put_object(
+                Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json"
+            )
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in {"PreconditionFailed", "412"}:
+                raise
+            written = False
+    else:
+        key = f"{prefix}/runs/{manifest.run_id}.json"
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    uri = f"s3://{bucket}/{key}"
+    pointer = json.dumps({"manifest_uri": uri, "run_id": manifest.run_id}).encode()
+    s3.put_object(
+        Bucket=bucket, Key=f"{prefix}/latest.json", Body=pointer, ContentType="application/json"
+    )
+    return uri, written
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """s3://bucket/key -> (bucket, key)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def read_json(s3: Any, uri: str) -> dict[str, Any]:
+    bucket, key = split_uri(uri)
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def latest_manifest_uri(s3: Any, bucket: str, asset: str, partition: str) -> str | None:
+    """The manifest the partition's latest run wrote, or None if it never completed."""
+    import botocore.exceptions
+
+    try:
+        pointer = read_json(s3, f"s3://{bucket}/{manifest_prefix(asset, partition)}/latest.json")
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            return None
+        raise
+    return str(pointer["manifest_uri"])
+
+
+if __name__ == "__main__":
+    for written_path in write_schemas():
+        print(written_path)

@@ -1,0 +1,115 @@
+"""Run the pipeline without a daemon: evaluate the sensor against the instance, execute its runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from pixelpipe.settings import Settings, SettingsError
+
+INGEST_JOB = "ingest_job"
+# the console shows warnings only; every event still goes to the instance's event log
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass
+class RunOutcome:
+    """One executed batch run."""
+
+    partition: str
+    run_id: str
+    success: bool
+    metadata: dict[str, dict[str, Any]]
+
+
+def instance_for(settings: Settings) -> dg.DagsterInstance:
+    """The persistent instance in DAGSTER_HOME (the daemon's and the UI's instance)."""
+    home = settings.dagster_home or os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise SettingsError(
+            "DAGSTER_HOME='': expected the Dagster instance directory; "
+            "`eval $(pixelpipe devstack env)` sets it"
+        )
+    os.environ["DAGSTER_HOME"] = str(home)
+    os.makedirs(home, exist_ok=True)
+    return dg.DagsterInstance.get()
+
+
+def _materializations(result: Any) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.event_specific_data.materialization
+        out[mat.asset_key.to_user_string()] = {k: v.value for k, v in mat.metadata.items()}
+    return out
+
+
+def poll(
+    settings: Settings,
+    prefix: str,
+    *,
+    once: bool = True,
+    interval: float = 10.0,
+    max_ticks: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[RunOutcome]:
+    """Evaluate the sensor (same cursor as the daemon's) and run each requested batch in-process."""
+    from pixelpipe.definitions import build_definitions
+    from pixelpipe.io_managers.staging import cleanup_run
+    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.sensors.raw_images import evaluate_tick, raw_batches_partitions
+
+    instance = instance_for(settings)
+    job = build_definitions(settings).resolve_job_def(INGEST_JOB)
+    s3 = client_from_settings(settings)
+    outcomes: list[RunOutcome] = []
+    ticks = 0
+    while True:
+        ticks += 1
+        tick = evaluate_tick(instance, s3, settings, prefix, INGEST_JOB)
+        if tick.skip_reason:
+            echo(f"tick {ticks}: {tick.skip_reason}")
+        else:
+            echo(
+                f"tick {ticks}: {tick.listed} listed, {tick.new_objects} new -> "
+                f"{len(tick.run_requests)} batch run(s)"
+            )
+        partitions = [r.partition_key for r in tick.run_requests if r.partition_key]
+        instance.add_dynamic_partitions(raw_batches_partitions.name or "", partitions)
+        for request in tick.run_requests:
+            started = time.monotonic()
+            echo(f"  run {request.partition_key} ...")
+            result = job.execute_in_process(
+                partition_key=request.partition_key,
+                instance=instance,
+                tags=dict(request.tags),
+                raise_on_error=False,
+                run_config=QUIET,
+            )
+            outcome = RunOutcome(
+                request.partition_key or "",
+                result.run_id,
+                result.success,
+                _materializations(result),
+            )
+            outcomes.append(outcome)
+            status = "ok" if result.success else "FAILED"
+            echo(
+                f"  run {request.partition_key} {status} in {time.monotonic() - started:.1f}s "
+                f"(run id {result.run_id})"
+            )
+            for asset, meta in outcome.metadata.items():
+                if "manifest_uri" in meta:
+                    echo(
+                        f"    {asset}: {meta.get('items')} items, {meta.get('failures')} "
+                        f"failures, manifest {meta['manifest_uri']}"
+                    )
+            if not settings.nvme_keep:
+                cleanup_run(settings.nvme_root.resolve(), result.run_id)
+        if once or (max_ticks and ticks >= max_ticks):
+            return outcomes
+        time.sleep(interval)
