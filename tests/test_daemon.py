@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import dagster as dg
-
 from pipeline_helpers import unique_prefix, upload_sample
+
 from pixelpipe.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""FT1 steps 1-3 and FT2 for Stage 1 on the real stack: sensor -> staged run -> objects + manifest."""
+"""FT1 steps 1-3 and FT2 for Stage 1 on the real stack: sensor, staged run, objects, manifest."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from pipeline_helpers import (
     execute,
     instance,
@@ -16,6 +15,7 @@ from pipeline_helpers import (
     unique_prefix,
     upload_sample,
 )
+
 from pixelpipe import manifests as mf
 from pixelpipe import settings as settings_mod
 from pixelpipe.settings import Settings
@@ -33,7 +33,7 @@ def test_ft1_sensor_run_writes_augmented_objects_and_manifest(
     settings: Settings, s3, tmp_path: Path
 ) -> None:
     prefix = unique_prefix(settings, "ft1")
-    sample = upload_sample(settings, tmp_path, prefix, count=4)
+    upload_sample(settings, tmp_path, prefix, count=4)
     # hostile and broken inputs fail alone
     s3.put_object(
         Bucket=settings.raw_bucket, Key=f"{prefix}/broken.jpg", Body=b"\xff\xd8\xff\xe0trunc"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from pipeline_helpers import (
     execute,
     instance,
@@ -15,6 +14,7 @@ from pipeline_helpers import (
     unique_prefix,
     upload_sample,
 )
+
 from pixelpipe import manifests as mf
 from pixelpipe import settings as settings_mod
 from pixelpipe.definitions import build_definitions
@@ -75,7 +75,7 @@ def test_ft1_stage2_variants_manifest_and_nvme_reuse(
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert sha256(body) == item["sha256"] == sha256((root / key).read_bytes())
         assert item["geometry"]["mode"] in {"fit", "letterbox", "stretch"}
-    for name, (w, h) in expected.items():
+    for name, (w, _h) in expected.items():
         listed = s3.list_objects_v2(
             Bucket=settings.normalized_bucket, Prefix=f"{name}/{partition}/"
         )
