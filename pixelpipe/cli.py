@@ -142,6 +142,19 @@ def report_upload(dir: Path = typer.Argument(..., exists=True, file_okay=False))
     typer.echo(json.dumps(result, indent=2))
 
 
+@app.command()
+def demo(
+    dir: Path = typer.Option(DEFAULT_DIR, "--dir", help="stack state directory"),
+    count: int = typer.Option(None, "--count", help="sample images (default DEMO_COUNT or 24)"),
+) -> None:
+    """Start the stack, generate and upload sample data, run every stage, print where to look."""
+    from pixelpipe.demo import DEFAULT_COUNT, run_demo
+
+    _settings()
+    n = count or int(os.environ.get("DEMO_COUNT") or DEFAULT_COUNT)
+    raise typer.Exit(run_demo(dir, n))
+
+
 def main() -> None:
     """Entry point that turns configuration errors into a clean exit."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
