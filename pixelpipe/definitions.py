@@ -12,15 +12,17 @@ warnings.filterwarnings("ignore", message="Found asset job named")
 
 import dagster as dg  # noqa: E402
 
-from pixelpipe.assets import stage1, stage2  # noqa: E402
+from pixelpipe.assets import annotations, stage1, stage2  # noqa: E402
 from pixelpipe.io_managers.staging import NvmeStagingIOManager  # noqa: E402
 from pixelpipe.resources.mlflow import MlflowResource  # noqa: E402
 from pixelpipe.resources.s3 import S3Resource  # noqa: E402
+from pixelpipe.sensors.annotations import build_annotations_sensor  # noqa: E402
 from pixelpipe.sensors.cleanup import nvme_cleanup_sensors  # noqa: E402
 from pixelpipe.sensors.raw_images import build_raw_images_sensor  # noqa: E402
 from pixelpipe.settings import Settings, get_settings  # noqa: E402
 
 INGEST_ASSETS = [stage1.raw_image_batches, stage1.augmented_images, stage2.normalized_images]
+ANNOTATION_ASSETS = [annotations.raw_annotations, annotations.coco_annotations]
 
 
 def build_ingest_job() -> dg.UnresolvedAssetJobDefinition:
@@ -29,6 +31,15 @@ def build_ingest_job() -> dg.UnresolvedAssetJobDefinition:
         "ingest_job",
         selection=dg.AssetSelection.assets(*INGEST_ASSETS),
         partitions_def=stage1.raw_batches_partitions,
+        executor_def=dg.in_process_executor,
+    )
+
+
+def build_annotations_job() -> dg.UnresolvedAssetJobDefinition:
+    """Label Studio exports -> raw COCO -> per-variant COCO and dataset indexes."""
+    return dg.define_asset_job(
+        "annotations_job",
+        selection=dg.AssetSelection.assets(*ANNOTATION_ASSETS),
         executor_def=dg.in_process_executor,
     )
 
@@ -54,12 +65,14 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     """Everything, wired to `settings` (default: the environment)."""
     settings = settings or get_settings()
     ingest_job = build_ingest_job()
+    annotations_job = build_annotations_job()
     return dg.Definitions(
-        assets=INGEST_ASSETS,
+        assets=[*INGEST_ASSETS, *ANNOTATION_ASSETS],
         asset_checks=[*stage1.checks, *stage2.checks],
-        jobs=[ingest_job],
+        jobs=[ingest_job, annotations_job],
         sensors=[
             build_raw_images_sensor(ingest_job, settings, settings.sensor_interval_seconds),
+            build_annotations_sensor(annotations_job, settings, settings.sensor_interval_seconds),
             *nvme_cleanup_sensors(settings),
         ],
         resources=resources_for(settings),

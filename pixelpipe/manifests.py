@@ -141,10 +141,33 @@ class Stage2Manifest(_Manifest):
     variant_stats: dict[str, VariantStats] = {}
 
 
+class AnnotationArtifact(_Model):
+    """One annotation file: where it is, its format and the variant its pixels belong to."""
+
+    uri: str
+    annotation_format: Literal["label_studio_json", "coco"]
+    role: Literal["source", "converted", "dataset_index", "label_config"]
+    variant: str | None = Field(None, description="None for raw pixels / source exports")
+    partition: str | None = None
+    images: int = 0
+    annotations: int = 0
+    sha256: str = ""
+
+
+class AnnotationManifest(_Manifest):
+    """Manifest of raw_annotations (LS -> COCO in raw pixels) or coco_annotations (per variant)."""
+
+    stage: Literal["annotations"] = "annotations"
+    artifacts: list[AnnotationArtifact]
+    skipped: dict[str, int] = {}
+    items: list[dict[str, Any]] = []
+
+
 MODELS: dict[str, type[BaseModel]] = {
     "batch_listing": BatchListing,
     "stage1_manifest": Stage1Manifest,
     "stage2_manifest": Stage2Manifest,
+    "annotation_manifest": AnnotationManifest,
 }
 
 
@@ -179,7 +202,7 @@ def validate_against_schema(name: str, document: dict[str, Any]) -> None:
 # --- storage -------------------------------------------------------------------------------
 
 
-def content_digest(manifest: _Manifest) -> str:
+def content_digest(manifest: Any) -> str:
     """sha256 of what a manifest says, without run id, time or timings (so re-runs match)."""
     body = manifest.model_dump(mode="json", exclude={"run_id", "created_at", "stats"})
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -208,9 +231,7 @@ def probe_conditional_writes(s3: Any, bucket: str) -> bool:
         s3.delete_object(Bucket=bucket, Key=key)
 
 
-def write_manifest(
-    s3: Any, bucket: str, manifest: _Manifest, *, conditional: bool
-) -> tuple[str, bool]:
+def write_manifest(s3: Any, bucket: str, manifest: Any, *, conditional: bool) -> tuple[str, bool]:
     """Write a manifest that is never rewritten in place; return (s3 uri, newly_written).
 
     With conditional writes the key is content-addressed and put with If-None-Match, so a

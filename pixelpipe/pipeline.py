@@ -13,6 +13,7 @@ import dagster as dg
 from pixelpipe.settings import Settings, SettingsError
 
 INGEST_JOB = "ingest_job"
+ANNOTATIONS_JOB = "annotations_job"
 # the console shows warnings only; every event still goes to the instance's event log
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -61,15 +62,23 @@ def poll(
     from pixelpipe.definitions import build_definitions
     from pixelpipe.io_managers.staging import cleanup_run
     from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.sensors.annotations import evaluate_exports
     from pixelpipe.sensors.raw_images import evaluate_tick, raw_batches_partitions
 
     instance = instance_for(settings)
-    job = build_definitions(settings).resolve_job_def(INGEST_JOB)
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(INGEST_JOB)
+    annotations_job = defs.resolve_job_def(ANNOTATIONS_JOB)
     s3 = client_from_settings(settings)
     outcomes: list[RunOutcome] = []
     ticks = 0
     while True:
         ticks += 1
+        # exports first, so Stage 1 of this tick's batches already has their boxes
+        exports = evaluate_exports(instance, s3, settings)
+        if exports:
+            echo(f"tick {ticks}: {len(exports)} new or changed annotation file(s)")
+            _run_annotations(annotations_job, instance, ["raw_annotations"], echo)
         tick = evaluate_tick(instance, s3, settings, prefix, INGEST_JOB)
         if tick.skip_reason:
             echo(f"tick {ticks}: {tick.skip_reason}")
@@ -80,6 +89,7 @@ def poll(
             )
         partitions = [r.partition_key for r in tick.run_requests if r.partition_key]
         instance.add_dynamic_partitions(raw_batches_partitions.name or "", partitions)
+        batches_ok = 0
         for request in tick.run_requests:
             started = time.monotonic()
             echo(f"  run {request.partition_key} ...")
@@ -97,6 +107,7 @@ def poll(
                 _materializations(result),
             )
             outcomes.append(outcome)
+            batches_ok += outcome.success
             status = "ok" if result.success else "FAILED"
             echo(
                 f"  run {request.partition_key} {status} in {time.monotonic() - started:.1f}s "
@@ -110,6 +121,27 @@ def poll(
                     )
             if not settings.nvme_keep:
                 cleanup_run(settings.nvme_root.resolve(), result.run_id)
+        if exports or batches_ok:
+            _run_annotations(annotations_job, instance, ["coco_annotations"], echo)
         if once or (max_ticks and ticks >= max_ticks):
             return outcomes
         time.sleep(interval)
+
+
+def _run_annotations(job: Any, instance: dg.DagsterInstance, assets: list[str], echo: Any) -> None:
+    result = job.execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey(a) for a in assets],
+        raise_on_error=False,
+        run_config=QUIET,
+    )
+    for asset, meta in _materializations(result).items():
+        summary = {
+            k: meta[k]
+            for k in ("images", "annotations", "failures", "coco_files", "unlabelled_images")
+            if k in meta
+        }
+        echo(
+            f"  {asset}: {'ok' if result.success else 'FAILED'} {summary} "
+            f"manifest {meta.get('manifest_uri')}"
+        )
