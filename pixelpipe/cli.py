@@ -155,6 +155,120 @@ def demo(
     raise typer.Exit(run_demo(dir, n))
 
 
+def _bench_images(out: Path, count: int) -> list[Path]:
+    """The datagen mix (equal shares of 640x480 .. 4000x3000), made once per count."""
+    from pixelpipe.datagen import generate
+
+    folder = out / f"images-{count}"
+    if not (folder / "images").is_dir():
+        generate(folder, count, seed=1234)
+    return sorted((folder / "images").iterdir())
+
+
+@bench_app.command("stage1")
+def bench_stage1(
+    images: int = typer.Option(24, "--images", help="datagen images for the compute bench"),
+    objects: int = typer.Option(1000, "--objects", help="small objects for the stage-in bench"),
+    object_kb: int = typer.Option(50, "--object-kb"),
+    repeats: int = typer.Option(3, "--repeats", min=1),
+    out: Path = typer.Option(Path("reports/bench/stage1"), "--out"),
+    publish_results: bool = typer.Option(True, "--publish/--no-publish"),
+) -> None:
+    """Stage 1 images/s per worker vs a plain albumentations loop; stage-in vs boto3 and s5cmd."""
+    from pixelpipe.bench import transfer
+    from pixelpipe.bench.publish import publish
+    from pixelpipe.bench.stage1 import run_bench
+    from pixelpipe.resources.s3 import client_from_settings
+
+    settings = _settings()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = _bench_images(out.parent, images)
+    summary = run_bench(paths, out, settings.worker_count, repeats)
+    typer.echo(
+        f"stage 1: {summary['ours_images_s_median']:.1f} images/s with {settings.worker_count} "
+        f"workers (spread {summary['ours_spread']:.0%}); baseline loop "
+        f"{summary['baseline_images_s_median']:.1f} images/s; per-worker ratio "
+        f"{summary['per_worker_ratio']:.2f}x (goal >= 0.8x)"
+    )
+    client = client_from_settings(settings)
+    rows = transfer.run_bench(
+        lambda: client,
+        settings.artifacts_bucket,
+        settings.s3_endpoint_url or "",
+        settings.aws_access_key_id or "",
+        settings.aws_secret_access_key or "",
+        sizes=[(objects, object_kb * 1000)],
+        repeats=repeats,
+        work_dir=out / "transfer",
+        extra_files=paths,
+        region=settings.aws_region,
+    )
+    for row in transfer.summarize(rows):
+        typer.echo(
+            "stage-in: "
+            + ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
+    if publish_results:
+        for path in (out / "transfer").glob("*.csv"):
+            path.replace(out / path.name)
+        where = publish(settings, "stage1", out, {k: v for k, v in summary.items()})
+        typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
+
+
+@bench_app.command("stage2")
+def bench_stage2(
+    images: int = typer.Option(16, "--images", help="datagen images (equal shares of 4 sizes)"),
+    variants: str = typer.Option("1,2,3,5", "--variants", help="variant counts"),
+    repeats: int = typer.Option(3, "--repeats", min=1),
+    backend: str = typer.Option("cpu", "--backend", help="cpu | dali | dali-cpu | dali-gpu"),
+    out: Path = typer.Option(Path("reports/bench/stage2"), "--out"),
+    publish_results: bool = typer.Option(True, "--publish/--no-publish"),
+) -> None:
+    """Stage 2 multi-variant cost vs the naive baseline; NVMe write and S3 upload throughput."""
+    from pixelpipe.bench.publish import publish
+    from pixelpipe.bench.stage2 import run_bench
+    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.transfer import upload_many
+
+    settings = _settings()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = _bench_images(out.parent, images)
+    client = client_from_settings(settings)
+
+    def upload(folder: Path) -> float:
+        items = [
+            (str(p), f"perf/stage2-upload/{p.relative_to(folder).as_posix()}")
+            for p in folder.rglob("*.jpg")
+        ]
+        report = upload_many(
+            lambda: client, settings.artifacts_bucket, items, settings.s3_max_concurrency
+        )
+        return report.seconds
+
+    counts = [int(c) for c in variants.split(",") if c.strip()]
+    rows = run_bench(
+        paths,
+        counts,
+        repeats,
+        settings.worker_count,
+        backend,
+        out,
+        settings.jpeg_quality,
+        upload=upload,
+    )
+    for row in rows:
+        typer.echo(
+            ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
+    if publish_results:
+        where = publish(settings, "stage2", out)
+        typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
+
+
 def _read_input(source: str) -> Path:
     """A local path, or an s3:// object fetched to a temp file."""
     if not source.startswith("s3://"):

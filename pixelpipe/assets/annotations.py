@@ -102,11 +102,16 @@ def convert_exports(s3: Any, settings: Settings, work: Path) -> dict[str, Any]:
             images += 1
         artifacts.append(
             mf.AnnotationArtifact(
-                uri=uri, annotation_format="label_studio_json", role="source",
-                images=images, annotations=sum(len(result.boxes_by_ref.get(
-                    i.get("ls_ref", ""), [])) for i in result.coco["images"]),
+                uri=uri,
+                annotation_format="label_studio_json",
+                role="source",
+                images=images,
+                annotations=sum(
+                    len(result.boxes_by_ref.get(i.get("ls_ref", ""), []))
+                    for i in result.coco["images"]
+                ),
             )
-        )  # fmt: skip
+        )
         if config is not None:
             config_names = config_label_names(config) + config_names
     names = category_order(
@@ -169,19 +174,34 @@ def raw_annotations(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.Mat
     _put_json(client, settings.artifacts_bucket, RAW_BOXES_KEY, lookup)
     artifacts = [
         *converted["artifacts"],
-        mf.AnnotationArtifact(uri=coco_uri, annotation_format="coco", role="converted",
-                              images=len(coco["images"]), annotations=len(coco["annotations"]),
-                              sha256=coco_sha),
-    ]  # fmt: skip
+        mf.AnnotationArtifact(
+            uri=coco_uri,
+            annotation_format="coco",
+            role="converted",
+            images=len(coco["images"]),
+            annotations=len(coco["annotations"]),
+            sha256=coco_sha,
+        ),
+    ]
     uri, manifest = _write_manifest(
-        client, settings, "raw_annotations", context.run.run_id,
-        config={"annotations_prefix": settings.annotations_prefix,
-                "categories": converted["categories"]},
-        artifacts=artifacts, failures=converted["failures"], skipped=converted["skipped"],
-        stats=mf.StageStats(inputs=len(converted["artifacts"]), outputs=len(coco["images"]),
-                            failures=len(converted["failures"]),
-                            seconds_compute=time.perf_counter() - started),
-    )  # fmt: skip
+        client,
+        settings,
+        "raw_annotations",
+        context.run.run_id,
+        config={
+            "annotations_prefix": settings.annotations_prefix,
+            "categories": converted["categories"],
+        },
+        artifacts=artifacts,
+        failures=converted["failures"],
+        skipped=converted["skipped"],
+        stats=mf.StageStats(
+            inputs=len(converted["artifacts"]),
+            outputs=len(coco["images"]),
+            failures=len(converted["failures"]),
+            seconds_compute=time.perf_counter() - started,
+        ),
+    )
     for failure in converted["failures"]:
         context.log.warning(f"{failure.source_uri}: {failure.reason}")
     return dg.MaterializeResult(
@@ -242,35 +262,64 @@ def build_variant_cocos(s3: Any, settings: Settings) -> dict[str, Any]:
             unlabelled += missing
             key = f"coco/{variant}/{stage2['partition']}.json"
             uri, sha = _put_json(s3, settings.artifacts_bucket, key, doc)
-            entry = {"partition": stage2["partition"], "coco_uri": uri, "sha256": sha,
-                     "manifest_uri": stage2["_uri"], "images": len(doc["images"]),
-                     "annotations": len(doc["annotations"])}  # fmt: skip
+            entry = {
+                "partition": stage2["partition"],
+                "coco_uri": uri,
+                "sha256": sha,
+                "manifest_uri": stage2["_uri"],
+                "images": len(doc["images"]),
+                "annotations": len(doc["annotations"]),
+            }
             per_variant[variant].append(entry)
-            artifacts.append(mf.AnnotationArtifact(
-                uri=uri, annotation_format="coco", role="converted", variant=variant,
-                partition=stage2["partition"], images=entry["images"],
-                annotations=entry["annotations"], sha256=sha))  # fmt: skip
+            artifacts.append(
+                mf.AnnotationArtifact(
+                    uri=uri,
+                    annotation_format="coco",
+                    role="converted",
+                    variant=variant,
+                    partition=stage2["partition"],
+                    images=entry["images"],
+                    annotations=entry["annotations"],
+                    sha256=sha,
+                )
+            )
     sizes = {v.name: v for v in settings.variants}
     indexes = {}
     for variant, entries in sorted(per_variant.items()):
         spec = sizes.get(variant)
         index = {
-            "schema_version": 1, "variant": variant,
-            "width": spec.width if spec else None, "height": spec.height if spec else None,
-            "mode": spec.mode if spec else None, "bucket": settings.normalized_bucket,
-            "categories": cats, "partitions": entries,
+            "schema_version": 1,
+            "variant": variant,
+            "width": spec.width if spec else None,
+            "height": spec.height if spec else None,
+            "mode": spec.mode if spec else None,
+            "bucket": settings.normalized_bucket,
+            "categories": cats,
+            "partitions": entries,
             "images": sum(e["images"] for e in entries),
             "annotations": sum(e["annotations"] for e in entries),
             "digest": digest_json([e["sha256"] for e in entries] + [cats]),
             "created_at": mf.now_iso(),
-        }  # fmt: skip
+        }
         uri, sha = _put_json(s3, settings.artifacts_bucket, dataset_index_key(variant), index)
         indexes[variant] = {"uri": uri, "images": index["images"], "digest": index["digest"]}
-        artifacts.append(mf.AnnotationArtifact(
-            uri=uri, annotation_format="coco", role="dataset_index", variant=variant,
-            images=index["images"], annotations=index["annotations"], sha256=sha))  # fmt: skip
-    return {"artifacts": artifacts, "indexes": indexes, "unlabelled": unlabelled,
-            "categories": cats}  # fmt: skip
+        artifacts.append(
+            mf.AnnotationArtifact(
+                uri=uri,
+                annotation_format="coco",
+                role="dataset_index",
+                variant=variant,
+                images=index["images"],
+                annotations=index["annotations"],
+                sha256=sha,
+            )
+        )
+    return {
+        "artifacts": artifacts,
+        "indexes": indexes,
+        "unlabelled": unlabelled,
+        "categories": cats,
+    }
 
 
 @dg.asset(
@@ -286,13 +335,21 @@ def coco_annotations(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.Ma
     started = time.perf_counter()
     built = build_variant_cocos(client, settings)
     uri, _ = _write_manifest(
-        client, settings, "coco_annotations", context.run.run_id,
-        config={"categories": built["categories"],
-                "variants": [v.spec() for v in settings.variants]},
+        client,
+        settings,
+        "coco_annotations",
+        context.run.run_id,
+        config={
+            "categories": built["categories"],
+            "variants": [v.spec() for v in settings.variants],
+        },
         artifacts=built["artifacts"],
-        stats=mf.StageStats(outputs=len(built["artifacts"]), skipped=built["unlabelled"],
-                            seconds_compute=time.perf_counter() - started),
-    )  # fmt: skip
+        stats=mf.StageStats(
+            outputs=len(built["artifacts"]),
+            skipped=built["unlabelled"],
+            seconds_compute=time.perf_counter() - started,
+        ),
+    )
     return dg.MaterializeResult(
         metadata={
             "manifest_uri": uri,
