@@ -57,7 +57,7 @@ def manifest_check_results(
         out["manifest_valid"] = (True, {"manifest_uri": uri})
     except Exception as exc:  # noqa: BLE001 - the check reports whatever is wrong
         out["manifest_valid"] = (False, {"manifest_uri": uri, "reason": str(exc)[:500]})
-    absent = [i["output_uri"] for i in doc["items"] if not _exists(s3, i["output_uri"])]
+    absent = missing_objects(s3, [i["output_uri"] for i in doc["items"]])
     out["outputs_exist"] = (not absent, {"checked": len(doc["items"]), "missing": absent[:20]})
     stats = doc["stats"]
     ok = stats["outputs"] == len(doc["items"]) and stats["failures"] == len(doc["failures"])
@@ -98,10 +98,19 @@ def build_manifest_checks(
     return [make(n) for n in CHECK_NAMES]
 
 
-def _exists(s3: Any, uri: str) -> bool:
-    bucket, key = mf.split_uri(uri)
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except botocore.exceptions.ClientError:
-        return False
-    return True
+def missing_objects(s3: Any, uris: list[str]) -> list[str]:
+    """The URIs that do not exist: one listing per folder, not one HEAD per object."""
+    from pixelpipe.storage.cursor import list_objects
+
+    folders: dict[tuple[str, str], set[str]] = {}
+    for uri in uris:
+        bucket, key = mf.split_uri(uri)
+        folders.setdefault((bucket, key.rsplit("/", 1)[0] + "/" if "/" in key else ""), set())
+    for (bucket, prefix), found in folders.items():
+        found.update(o.key for o in list_objects(s3, bucket, prefix))
+    missing = []
+    for uri in uris:
+        bucket, key = mf.split_uri(uri)
+        if key not in folders[(bucket, key.rsplit("/", 1)[0] + "/" if "/" in key else "")]:
+            missing.append(uri)
+    return missing
