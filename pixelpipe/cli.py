@@ -133,6 +133,53 @@ def poll(
         raise typer.Exit(1)
 
 
+@app.command()
+def train(
+    variant: str = typer.Option(None, "--variant", help="size variant (its dataset index)"),
+    epochs: int = typer.Option(None, "--epochs"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    nproc_per_node: int = typer.Option(None, "--nproc-per-node"),
+    model: str = typer.Option(None, "--model", help="tiny | small | resnet18 | resnet50"),
+    loader: str = typer.Option(None, "--loader", help="auto | torch | dali"),
+    max_images: int = typer.Option(None, "--max-images"),
+    config: Path = typer.Option(None, "--config", help="TrainConfig as JSON or YAML"),
+) -> None:
+    """Validate, then train (in-process, or torchrun for several processes) and register."""
+    import yaml
+
+    from pixelpipe.training.config import LaunchError, TrainConfig
+    from pixelpipe.training.launch import launch
+
+    settings = _settings()
+    fields = yaml.safe_load(config.read_text()) if config else {}
+    given = {
+        "variant": variant,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "model": model,
+        "nproc_per_node": nproc_per_node,
+        "loader": loader,
+        "max_images": max_images,
+    }
+    fields.update({k: v for k, v in given.items() if v is not None})
+    try:
+        result = launch(TrainConfig(**fields), settings)
+    except LaunchError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(
+        json.dumps(
+            {
+                "run_id": result.run_id,
+                "model_version": result.model_version,
+                "run_url": result.run_url,
+                "metrics": result.metrics,
+            },
+            indent=2,
+        )
+    )
+
+
 @report_app.command("upload")
 def report_upload(dir: Path = typer.Argument(..., exists=True, file_okay=False)) -> None:
     """Put test reports in the artifacts bucket under test-reports/<timestamp>/ and in MLflow."""
@@ -266,6 +313,45 @@ def bench_stage2(
         )
     if publish_results:
         where = publish(settings, "stage2", out)
+        typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
+
+
+@bench_app.command("training")
+def bench_training(
+    sizes: str = typer.Option("small", "--sizes", help="variants (dataset indexes) to train on"),
+    instances: str = typer.Option("1,2", "--instances", help="process counts"),
+    epochs: int = typer.Option(2, "--epochs", min=1),
+    repeats: int = typer.Option(3, "--repeats", min=1),
+    model: str = typer.Option("tiny", "--model"),
+    loader: str = typer.Option("auto", "--loader"),
+    max_images: int = typer.Option(None, "--max-images"),
+    out: Path = typer.Option(Path("reports/bench/training"), "--out"),
+    publish_results: bool = typer.Option(True, "--publish/--no-publish"),
+) -> None:
+    """PT1: epoch time, images/s, data wait, scaling vs one instance, synthetic baseline."""
+    from pixelpipe.bench.publish import publish
+    from pixelpipe.bench.training import run_bench
+
+    settings = _settings()
+    rows = run_bench(
+        settings,
+        [s.strip() for s in sizes.split(",")],
+        [int(i) for i in instances.split(",")],
+        epochs,
+        repeats,
+        out,
+        loader,
+        model=model,
+        max_images=max_images,
+    )
+    for row in rows:
+        typer.echo(
+            ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
+    if publish_results:
+        where = publish(settings, "training", out)
         typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
 
 

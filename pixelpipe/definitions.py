@@ -12,7 +12,7 @@ warnings.filterwarnings("ignore", message="Found asset job named")
 
 import dagster as dg  # noqa: E402
 
-from pixelpipe.assets import annotations, stage1, stage2  # noqa: E402
+from pixelpipe.assets import annotations, stage1, stage2, training  # noqa: E402
 from pixelpipe.io_managers.staging import NvmeStagingIOManager  # noqa: E402
 from pixelpipe.resources.mlflow import MlflowResource  # noqa: E402
 from pixelpipe.resources.s3 import S3Resource  # noqa: E402
@@ -23,6 +23,7 @@ from pixelpipe.settings import Settings, get_settings  # noqa: E402
 
 INGEST_ASSETS = [stage1.raw_image_batches, stage1.augmented_images, stage2.normalized_images]
 ANNOTATION_ASSETS = [annotations.raw_annotations, annotations.coco_annotations]
+TRAINING_ASSETS = [training.trained_model]
 
 
 def build_ingest_job() -> dg.UnresolvedAssetJobDefinition:
@@ -66,10 +67,13 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or get_settings()
     ingest_job = build_ingest_job()
     annotations_job = build_annotations_job()
+    training_job = dg.define_asset_job(
+        "training_job", selection=dg.AssetSelection.assets(*TRAINING_ASSETS)
+    )
     return dg.Definitions(
-        assets=[*INGEST_ASSETS, *ANNOTATION_ASSETS],
+        assets=[*INGEST_ASSETS, *ANNOTATION_ASSETS, *TRAINING_ASSETS],
         asset_checks=[*stage1.checks, *stage2.checks],
-        jobs=[ingest_job, annotations_job],
+        jobs=[ingest_job, annotations_job, training_job],
         sensors=[
             build_raw_images_sensor(ingest_job, settings, settings.sensor_interval_seconds),
             build_annotations_sensor(annotations_job, settings, settings.sensor_interval_seconds),

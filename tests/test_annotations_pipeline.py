@@ -133,6 +133,20 @@ def test_ft3_late_labels_match_labels_known_up_front(
     assert index["variant"] == "sq" and index["bucket"] == settings.normalized_bucket
     entry = next(p for p in index["partitions"] if p["partition"] == partition)
     assert entry["coco_uri"].endswith(f"coco/sq/{partition}.json") and index["digest"]
+    from pixelpipe.training.dataset import read_index, stage_dataset
+
+    staged = stage_dataset(
+        read_index(f"s3://{settings.artifacts_bucket}/datasets/sq/index.json", settings), settings
+    )
+    ours = [s for s in staged.samples if f"/{partition}/" in s.key]
+    assert len(ours) == len(late["sq"]["images"])
+    assert all(Path(s.path).is_file() for s in ours)
+    labelled = {
+        im["file_name"]
+        for im in late["sq"]["images"]
+        if any(a["image_id"] == im["id"] for a in late["sq"]["annotations"])
+    }
+    assert {s.key for s in ours if len(s.labels) > 0} == labelled
 
     # 5. COCO -> Label Studio for human review
     out = tmp_path / "ls_import.json"

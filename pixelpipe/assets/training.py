@@ -1,0 +1,61 @@
+"""Stage 3: train a multi-label classifier on a variant's dataset index, tracked in MLflow."""
+
+from typing import Any
+
+import dagster as dg
+
+from pixelpipe.assets.annotations import coco_annotations
+from pixelpipe.resources.mlflow import MlflowResource
+from pixelpipe.settings import get_settings
+from pixelpipe.training.config import TrainConfig
+
+
+class TrainedModelConfig(dg.Config):
+    """Launch settings for the trained_model asset (the same fields as `pixelpipe train`)."""
+
+    variant: str = "small"
+    model: str = "small"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 0
+    nproc_per_node: int = 1
+    loader: str = "auto"
+    device: str = "auto"
+    max_images: int | None = None
+
+
+@dg.asset(group_name="training", deps=[coco_annotations], kinds={"pytorch", "mlflow"})
+def trained_model(
+    context: dg.AssetExecutionContext, config: TrainedModelConfig, mlflow: MlflowResource
+) -> dg.MaterializeResult:
+    """A new registered model version (alias `candidate`) trained on one variant's dataset."""
+    from pixelpipe.training.launch import launch
+
+    settings = get_settings().model_copy(
+        update={
+            "mlflow_tracking_uri": mlflow.tracking_uri,
+            "mlflow_experiment": mlflow.experiment,
+            "registered_model_name": mlflow.registered_model_name,
+        }
+    )
+    train_config = TrainConfig(**config.model_dump(), run_name=f"dagster-{context.run.run_id[:8]}")
+    result = launch(train_config, settings)
+    metrics: dict[str, Any] = {k: round(v, 4) for k, v in result.metrics.items()}
+    return dg.MaterializeResult(
+        metadata={
+            "run_id": result.run_id or "",
+            "mlflow_url": dg.MetadataValue.url(result.run_url or mlflow.tracking_uri),
+            "model_version": result.model_version or "",
+            "model_uri": result.model_uri or "",
+            "dataset_uri": result.dataset_uri,
+            "dataset_digest": result.dataset_digest,
+            "world_size": result.world_size,
+            "device": result.device,
+            "loader": result.loader,
+            "train_images": result.train_images,
+            "val_images": result.val_images,
+            "metrics": dg.MetadataValue.json(metrics),
+            **{f"final_{k}": v for k, v in metrics.items() if isinstance(v, int | float)},
+        }
+    )

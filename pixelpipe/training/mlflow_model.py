@@ -1,0 +1,351 @@
+"""The trained model as an MLflow pyfunc (raw image bytes -> labels), run logging and registry.
+
+Artifacts of a logged model: `model.pt` (TorchScript) and `preprocess.json`
+({input_width, input_height, mode, mean, std, labels, threshold}). The pyfunc and
+`load_predictor` run the same `loaders.preprocess_images`, so serving sees exactly what
+training saw. Serve it from the pixelpipe environment (the class lives in this package):
+
+    mlflow models serve -m "models:/pixelpipe-classifier@candidate" --env-manager local
+
+and POST {"dataframe_records": [{"image": "<base64 JPEG/PNG>"}]} to /invocations.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import json
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.tracking import MlflowClient
+
+from pixelpipe.training.loaders import preprocess_images
+
+MODEL_FILE = "model.pt"
+PREPROCESS_FILE = "preprocess.json"
+CANDIDATE_ALIAS = "candidate"
+IMAGE_COLUMN = "image"
+LABELS_COLUMN = "labels"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What a raw image goes through before the network, and how scores become labels."""
+
+    input_width: int
+    input_height: int
+    mode: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: tuple[str, ...]
+    threshold: float = 0.5
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        return cls(
+            input_width=int(data["input_width"]),
+            input_height=int(data["input_height"]),
+            mode=str(data["mode"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+            labels=tuple(str(v) for v in data["labels"]),
+            threshold=float(data.get("threshold", 0.5)),
+        )
+
+
+class Predictor:
+    """TorchScript model + preprocessing: encoded images in, a score per label out."""
+
+    def __init__(self, module: Any, spec: PreprocessSpec, device: str = "cpu") -> None:
+        self.module = module
+        self.spec = spec
+        self.device = torch.device(device)
+
+    def scores(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """N x labels sigmoid scores for N encoded images (ImageError if one is unusable)."""
+        if not blobs:
+            return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
+        s = self.spec
+        batch = preprocess_images(blobs, s.input_width, s.input_height, s.mode, s.mean, s.std)
+        with torch.inference_mode():
+            logits = self.module(batch.to(self.device))
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def predict_images(self, blobs: Sequence[bytes]) -> list[dict[str, float]]:
+        """One {label: score} dict per image, labels in category-id order."""
+        return [
+            {label: float(v) for label, v in zip(self.spec.labels, row, strict=True)}
+            for row in self.scores(blobs)
+        ]
+
+    def over_threshold(self, scores: dict[str, float]) -> list[str]:
+        return [label for label, v in scores.items() if v > self.spec.threshold]
+
+
+def _artifact_files(model_dir: Path) -> tuple[Path, Path]:
+    for base in (model_dir, model_dir / "artifacts"):
+        if (base / MODEL_FILE).is_file() and (base / PREPROCESS_FILE).is_file():
+            return base / MODEL_FILE, base / PREPROCESS_FILE
+    raise FileNotFoundError(
+        f"{model_dir} holds no {MODEL_FILE} + {PREPROCESS_FILE} (nor under artifacts/)"
+    )
+
+
+def load_predictor_files(model_file: Path, preprocess_file: Path, device: str = "cpu") -> Predictor:
+    spec = PreprocessSpec.from_dict(json.loads(Path(preprocess_file).read_text()))
+    module = torch.jit.load(str(model_file), map_location=device)
+    module.eval()
+    return Predictor(module, spec, device)
+
+
+def load_predictor(local_model_dir: str | Path, device: str = "cpu") -> Predictor:
+    """A Predictor from a downloaded MLflow model directory (or a folder with the two files)."""
+    model_file, preprocess_file = _artifact_files(Path(local_model_dir))
+    return load_predictor_files(model_file, preprocess_file, device)
+
+
+class ImageClassifierModel(mlflow.pyfunc.PythonModel):
+    """pyfunc: DataFrame with base64 `image` -> one score column per label + `labels`."""
+
+    def load_context(self, context: Any) -> None:
+        self.predictor = load_predictor_files(
+            Path(context.artifacts["model"]), Path(context.artifacts["preprocess"])
+        )
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        del context, params
+        blobs = [_as_bytes(v) for v in model_input[IMAGE_COLUMN]]
+        return predictions_frame(self.predictor, blobs)
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    return base64.b64decode(str(value), validate=True)
+
+
+def predictions_frame(predictor: Predictor, blobs: Sequence[bytes]) -> pd.DataFrame:
+    labels = list(predictor.spec.labels)
+    scores = predictor.scores(blobs)
+    frame = pd.DataFrame(scores.astype(np.float64), columns=labels)
+    frame[LABELS_COLUMN] = [
+        [label for label, v in zip(labels, row, strict=True) if v > predictor.spec.threshold]
+        for row in scores
+    ]
+    return frame
+
+
+def export_model(model: torch.nn.Module, spec: PreprocessSpec, out_dir: Path) -> tuple[Path, Path]:
+    """Write model.pt (TorchScript, CPU, eval mode) and preprocess.json into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cpu_model = copy.deepcopy(model).to("cpu").float().eval()
+    example = torch.zeros(1, 3, spec.input_height, spec.input_width)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is the asked format
+        traced = torch.jit.trace(cpu_model, example)
+        model_file = out_dir / MODEL_FILE
+        torch.jit.save(traced, str(model_file))
+    preprocess_file = out_dir / PREPROCESS_FILE
+    preprocess_file.write_text(json.dumps(spec.to_dict(), indent=2))
+    return model_file, preprocess_file
+
+
+def _signature(labels: Sequence[str]) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+    inputs = Schema([ColSpec(DataType.string, IMAGE_COLUMN)])
+    outputs = Schema(
+        [ColSpec(DataType.double, label) for label in labels]
+        + [ColSpec(Array(DataType.string), LABELS_COLUMN)]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def pip_requirements() -> list[str]:
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"mlflow=={mlflow.__version__}",
+        "numpy",
+        "pandas",
+        "pillow",
+        "simplejpeg",
+        "opencv-python-headless",
+    ]
+
+
+def log_pyfunc_model(
+    model: torch.nn.Module, spec: PreprocessSpec, example_image: bytes, name: str = "model"
+) -> Any:
+    """Log the pyfunc model into the active run; returns mlflow's ModelInfo."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file, preprocess_file = export_model(model, spec, Path(tmp))
+        example = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example_image).decode("ascii")]})
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=ImageClassifierModel(),
+            artifacts={"model": str(model_file), "preprocess": str(preprocess_file)},
+            signature=_signature(spec.labels),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )
+
+
+def register_candidate(
+    client: MlflowClient, model_uri: str, name: str, tags: dict[str, str] | None = None
+) -> str:
+    """Register model_uri (a logged model's URI, not runs:/) and point alias 'candidate' at it."""
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CANDIDATE_ALIAS, version.version)
+    return str(version.version)
+
+
+def code_version() -> str:
+    """The git commit of the checkout this code runs from, else the package version."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"pixelpipe=={version('pixelpipe')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def tracking_uri(uri: str) -> Iterator[None]:
+    """Point mlflow's fluent API at uri (tracking and registry), restoring both afterwards."""
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment's id, created on first use (tolerating a concurrent creator)."""
+    found = client.get_experiment_by_name(name)
+    if found:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+    return text[:6000]
+
+
+class RunLogger:
+    """One MLflow run on an explicit tracking URI: params, inputs, epoch metrics, the model.
+
+    Between start() and end() mlflow's fluent API points at this server and this run; end()
+    restores the previous tracking/registry URIs.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, registered_model_name: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.registered_model_name = registered_model_name
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.run_id = ""
+        self.experiment_id = ""
+        self._context = contextlib.ExitStack()
+
+    @property
+    def run_url(self) -> str:
+        return f"{self.tracking_uri}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+
+    def start(self, run_name: str | None, params: dict[str, Any], tags: dict[str, str]) -> str:
+        self.experiment_id = experiment_id(self.client, self.experiment)
+        self._context.enter_context(tracking_uri(self.tracking_uri))
+        try:
+            run = mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name, tags=tags)
+        except BaseException:
+            self._context.close()
+            raise
+        self.run_id = run.info.run_id
+        mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+        return self.run_id
+
+    def log_dataset(self, index_uri: str, index_doc: dict[str, Any], digest: str) -> None:
+        """The dataset index as a run input (name, digest, source URI) and as an artifact."""
+        frame = pd.DataFrame(
+            [
+                {
+                    "partition": str(p.get("partition")),
+                    "coco_uri": str(p.get("coco_uri")),
+                    "images": int(p.get("images", 0)),
+                    "annotations": int(p.get("annotations", 0)),
+                }
+                for p in index_doc.get("partitions", [])
+            ]
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "source could be interpreted several ways"
+            dataset = mlflow.data.from_pandas(
+                frame,
+                source=index_uri,
+                name=f"pixelpipe-{index_doc.get('variant')}",
+                digest=digest[:36],
+            )
+            mlflow.log_input(dataset, context="training")
+        mlflow.log_dict(index_doc, "dataset/index.json")
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_model(
+        self,
+        model: torch.nn.Module,
+        spec: PreprocessSpec,
+        example_image: bytes,
+        version_tags: dict[str, str],
+    ) -> tuple[str, str]:
+        """Log the pyfunc model, register it and alias it 'candidate'; (model_uri, version)."""
+        info = log_pyfunc_model(model, spec, example_image)
+        version = register_candidate(
+            self.client, info.model_uri, self.registered_model_name, version_tags
+        )
+        return info.model_uri, version
+
+    def end(self, status: str) -> None:
+        """End the run as FINISHED or FAILED and restore mlflow's global URIs."""
+        try:
+            if self.run_id:
+                mlflow.end_run(status=status)
+        finally:
+            self._context.close()

@@ -1,0 +1,598 @@
+"""Train the multi-label image classifier: one process, or each process of a torchrun job.
+
+One process (what `launch` does for nodes * nproc_per_node == 1), from Python:
+
+    from pixelpipe.training.config import TrainConfig
+    from pixelpipe.training.train import run_training
+    from pixelpipe.settings import load_settings
+    result = run_training(TrainConfig(variant="small", model="small", epochs=10), load_settings())
+
+From a shell, with the config as JSON (every TrainConfig field; unset ones take defaults):
+
+    echo '{"variant": "small", "model": "tiny", "epochs": 3}' > train.json
+    python -m pixelpipe.training.train --config train.json --result result.json
+
+Two processes on this machine (CPU: gloo; GPU: NCCL, one process per GPU):
+
+    torchrun --standalone --nproc-per-node 2 -m pixelpipe.training.train \\
+        --config train.json --result result.json
+
+Several machines: see pixelpipe/training/launch.py. Under torchrun every process stages the
+dataset (a file lock makes that happen once per machine), trains its DistributedSampler shard
+under DDP and all-reduces validation counts; rank 0 alone talks to MLflow, then broadcasts the
+result, which local rank 0 of every machine writes to --result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pixelpipe.settings import Settings, load_settings
+from pixelpipe.training.config import TrainConfig, resolve_device, resolve_loader
+from pixelpipe.training.dataset import (
+    DatasetIndex,
+    Sample,
+    cap_samples,
+    index_samples,
+    multi_hot,
+    read_index,
+    split_samples,
+    stage_dataset,
+)
+from pixelpipe.training.loaders import MEAN, STD, Batches, LoaderSpec, make_batches
+from pixelpipe.training.model import build_model, count_parameters
+
+log = logging.getLogger("pixelpipe.training")
+WARMUP_FRACTION = 0.05
+
+
+@dataclass
+class EpochMetrics:
+    """What one epoch measured (all processes together)."""
+
+    epoch: int
+    train_loss: float
+    images_per_s: float
+    data_wait_fraction: float
+    train_seconds: float
+    epoch_seconds: float
+    lr: float
+    val_loss: float | None = None
+    val_f1_macro: float | None = None
+
+
+@dataclass
+class TrainResult:
+    """A finished run: MLflow ids, final metrics, per-epoch metrics and the baseline."""
+
+    run_id: str | None
+    model_version: str | None
+    run_url: str | None
+    model_uri: str | None
+    metrics: dict[str, float]
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    dataset_uri: str = ""
+    dataset_digest: str = ""
+    world_size: int = 1
+    device: str = "cpu"
+    loader: str = "torch"
+    model: str = ""
+    num_parameters: int = 0
+    train_images: int = 0
+    val_images: int = 0
+    stage_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
+        epochs = [EpochMetrics(**e) for e in data.get("epochs", [])]
+        return cls(**{**data, "epochs": epochs})
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job (torchrun's RANK / LOCAL_RANK / WORLD_SIZE)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        env = os.environ
+        return cls(
+            int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+        )
+
+
+# --- metrics ---------------------------------------------------------------------------------
+def f1_counts(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """3 x classes tensor of true positives, false positives, false negatives (bool inputs)."""
+    p, t = predicted.bool(), targets.bool()
+    return torch.stack([(p & t).sum(0), (p & ~t).sum(0), (~p & t).sum(0)]).double()
+
+
+def macro_f1(counts: torch.Tensor) -> float:
+    """Mean per-class F1; classes never present nor predicted carry no evidence and are skipped."""
+    tp, fp, fn = counts
+    seen = (tp + fp + fn) > 0
+    if not bool(seen.any()):
+        return 0.0
+    f1 = 2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])
+    return float(f1.mean())
+
+
+def baseline_f1(train_targets: np.ndarray, val_targets: np.ndarray) -> dict[str, float]:
+    """Validation macro-F1 of two label-blind predictors chosen on the training labels.
+
+    prior: predict a class on every image when its training frequency is > 0.5.
+    constant: the best constant per class for F1 (always predict every class seen in training).
+    """
+    freq = train_targets.mean(axis=0) if len(train_targets) else np.zeros(val_targets.shape[1])
+    val = torch.from_numpy(val_targets)
+    out = {}
+    for name, positive in (("prior", freq > 0.5), ("constant", freq > 0)):
+        predicted = torch.from_numpy(np.broadcast_to(positive, val_targets.shape).copy())
+        out[name] = macro_f1(f1_counts(predicted, val))
+    return out
+
+
+# --- one epoch -------------------------------------------------------------------------------
+@dataclass
+class _Totals:
+    loss: float = 0.0
+    images: int = 0
+    wait: float = 0.0
+    busy: float = 0.0
+
+
+def _timed(batches: Batches, totals: _Totals) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield batches, adding the time spent blocked on the loader to totals.wait."""
+    iterator = iter(batches)
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        totals.wait += time.perf_counter() - started
+        yield batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # so GPU time counts as compute, not as the next wait
+
+
+def _autocast(device: torch.device, amp: bool) -> Any:
+    enabled = amp and device.type == "cuda"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    device: torch.device,
+    amp: bool,
+) -> _Totals:
+    """One pass over this process's shard; returns local sums (loss, images, wait, busy)."""
+    model.train()
+    loss_fn = nn.BCEWithLogitsLoss()
+    totals = _Totals()
+    loss_sum = torch.zeros((), device=device)
+    for images, targets in _timed(batches, totals):
+        started = time.perf_counter()
+        with _autocast(device, amp):
+            logits = model(images)
+        loss = loss_fn(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * len(images)
+        totals.images += len(images)
+        _sync(device)
+        totals.busy += time.perf_counter() - started
+    totals.loss = float(loss_sum)
+    return totals
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Batches, threshold: float, device: torch.device, amp: bool
+) -> tuple[torch.Tensor, float, int]:
+    """Local (F1 counts, loss sum, images) over this process's validation shard."""
+    model.eval()
+    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+    counts: torch.Tensor | None = None
+    loss_sum, images = 0.0, 0
+    for x, y in batches:
+        with _autocast(device, amp):
+            logits = model(x).float()
+        loss_sum += float(loss_fn(logits, y)) / y.shape[1]
+        images += len(x)
+        batch_counts = f1_counts(torch.sigmoid(logits) > threshold, y).cpu()
+        counts = batch_counts if counts is None else counts + batch_counts
+    if counts is None:
+        counts = torch.zeros(3, 0, dtype=torch.float64)
+    return counts, loss_sum, images
+
+
+# --- setup -----------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def init_distributed(info: DistInfo, device: str) -> bool:
+    """Join the torchrun job (gloo on CPU, NCCL on GPU); False when running alone."""
+    if info.world_size <= 1 or dist.is_initialized():
+        return False
+    if device == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    backend = "nccl" if device == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=dt.timedelta(minutes=10))
+    return True
+
+
+def _all_sum(values: list[float], enabled: bool) -> list[float]:
+    if not enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _all_max(value: float, enabled: bool) -> float:
+    if not enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0])
+
+
+def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """Linear warm-up over the first steps, then cosine decay to zero."""
+    warmup = max(1, int(WARMUP_FRACTION * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class _Data:
+    index: DatasetIndex
+    train: list[Sample]
+    val: list[Sample]
+    stage_seconds: float
+
+
+def _load_data(config: TrainConfig, settings: Settings) -> _Data:
+    index = read_index(config.index_uri(settings), settings)
+    started = time.perf_counter()
+    if config.synthetic_data:
+        samples = cap_samples(index_samples(index, settings), config.max_images)
+    else:
+        samples = stage_dataset(index, settings, max_images=config.max_images).samples
+    train, val = split_samples(samples, config.val_fraction)
+    return _Data(index, train, val, time.perf_counter() - started)
+
+
+def _params(config: TrainConfig, data: _Data, extra: dict[str, Any]) -> dict[str, Any]:
+    from pixelpipe.training.mlflow_model import code_version
+
+    return {
+        **config.model_dump(),
+        "dataset_uri": data.index.uri,
+        "dataset_digest": data.index.digest,
+        "dataset_variant": data.index.variant,
+        "input_size": f"{data.index.width}x{data.index.height}:{data.index.mode}",
+        "code_version": code_version(),
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        **extra,
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------
+def run_training(
+    config: TrainConfig, settings: Settings, result_path: Path | None = None
+) -> TrainResult:
+    """Train, validate every epoch, and (rank 0, config.track) log + register in MLflow."""
+    started = time.perf_counter()
+    info = DistInfo.from_env()
+    device_name = resolve_device(config)
+    distributed = init_distributed(info, device_name)
+    try:
+        result = _run(config, settings, info, device_name, distributed, started)
+        if distributed:
+            box = [result.to_dict() if info.is_main else None]
+            dist.broadcast_object_list(box, src=0)
+            result = TrainResult.from_dict(box[0])  # type: ignore[arg-type]
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    if result_path is not None and info.local_rank == 0:
+        tmp = Path(f"{result_path}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        tmp.replace(result_path)
+    return result
+
+
+@dataclass
+class _Trainer:
+    """Everything one process trains with, built once per run."""
+
+    config: TrainConfig
+    model: nn.Module  # what steps run through: DDP-wrapped when distributed
+    net: nn.Module  # the bare network: evaluation and export
+    train_batches: Batches
+    val_batches: Batches
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+    distributed: bool
+
+    def epoch(self, epoch: int) -> EpochMetrics:
+        """Train one epoch, then validate; numbers summed over all processes."""
+        cfg, started = self.config, time.perf_counter()
+        self.train_batches.set_epoch(epoch)
+        totals = train_epoch(
+            self.model, self.train_batches, self.optimizer, self.scheduler, self.device, cfg.amp
+        )
+        wall = _all_max(time.perf_counter() - started, self.distributed)
+        loss, images, wait, busy = _all_sum(
+            [totals.loss, totals.images, totals.wait, totals.busy], self.distributed
+        )
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=loss / max(1.0, images),
+            images_per_s=images / wall if wall > 0 else 0.0,
+            data_wait_fraction=wait / (wait + busy) if wait + busy > 0 else 0.0,
+            train_seconds=wall,
+            epoch_seconds=0.0,
+            lr=float(self.optimizer.param_groups[0]["lr"]),
+        )
+        if not cfg.synthetic_data:
+            self._validate(metrics)
+        metrics.epoch_seconds = _all_max(time.perf_counter() - started, self.distributed)
+        return metrics
+
+    def _validate(self, metrics: EpochMetrics) -> None:
+        # the bare network: DDP's forward syncs buffers, a collective that ranks with
+        # unequal validation shards could not all join
+        counts, loss, images = evaluate(
+            self.net, self.val_batches, self.config.threshold, self.device, self.config.amp
+        )
+        summed = _all_sum([*counts.flatten().tolist(), loss, images], self.distributed)
+        metrics.val_loss = summed[-2] / max(1.0, summed[-1])
+        metrics.val_f1_macro = macro_f1(torch.tensor(summed[:-2]).view(3, -1))
+
+
+def _loader_spec(config: TrainConfig, index: DatasetIndex, info: DistInfo, device: str) -> Any:
+    return LoaderSpec(
+        width=index.width,
+        height=index.height,
+        mode=index.mode,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        device=device,
+        device_id=info.local_rank,
+        rank=info.rank,
+        world_size=info.world_size,
+        seed=config.seed,
+    )
+
+
+def _build(
+    config: TrainConfig, data: _Data, info: DistInfo, device_name: str, distributed: bool
+) -> tuple[_Trainer, str]:
+    device = torch.device(device_name, info.local_rank if device_name == "cuda" else None)
+    labels = data.index.labels
+    loader = "synthetic" if config.synthetic_data else resolve_loader(config, device_name)
+    spec = _loader_spec(config, data.index, info, device_name)
+    train_targets, val_targets = (
+        multi_hot(data.train, len(labels)),
+        multi_hot(data.val, len(labels)),
+    )
+    train_batches = make_batches(loader, [s.path for s in data.train], train_targets, spec, True)
+    val_batches = make_batches(loader, [s.path for s in data.val], val_targets, spec, False)
+    net = build_model(config.model, len(labels)).to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        net = net.to(memory_format=torch.channels_last)
+    model: nn.Module = net
+    if distributed:
+        ids = [info.local_rank] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    scheduler = _schedule(optimizer, config.epochs * max(1, len(train_batches)))
+    trainer = _Trainer(
+        config, model, net, train_batches, val_batches, optimizer, scheduler, device, distributed
+    )
+    return trainer, loader
+
+
+def _run(
+    config: TrainConfig,
+    settings: Settings,
+    info: DistInfo,
+    device_name: str,
+    distributed: bool,
+    started: float,
+) -> TrainResult:
+    seed_everything(config.seed)
+    data = _load_data(config, settings)
+    trainer, loader = _build(config, data, info, device_name, distributed)
+    labels = data.index.labels
+    baselines = baseline_f1(multi_hot(data.train, len(labels)), multi_hot(data.val, len(labels)))
+    tracker = _start_tracking(config, settings, data, info, loader, device_name, trainer.net)
+    try:
+        epochs: list[EpochMetrics] = []
+        for epoch in range(config.epochs):
+            epochs.append(trainer.epoch(epoch))
+            values = {k: v for k, v in asdict(epochs[-1]).items() if v is not None}
+            if tracker is not None:
+                tracker.log_metrics(values, epoch)
+            if info.is_main:
+                log.info("epoch %s", json.dumps({k: round(v, 4) for k, v in values.items()}))
+        result = TrainResult(
+            run_id=None,
+            model_version=None,
+            run_url=None,
+            model_uri=None,
+            metrics=_final_metrics(epochs, baselines),
+            epochs=epochs,
+            labels=labels,
+            dataset_uri=data.index.uri,
+            dataset_digest=data.index.digest,
+            world_size=info.world_size,
+            device=device_name,
+            loader=loader,
+            model=config.model,
+            num_parameters=count_parameters(trainer.net),
+            train_images=len(data.train),
+            val_images=len(data.val),
+            stage_seconds=data.stage_seconds,
+        )
+        if tracker is not None:
+            _finish_tracking(tracker, config, data, trainer.net, result)
+    except BaseException:
+        if tracker is not None:
+            tracker.end("FAILED")
+        raise
+    result.total_seconds = time.perf_counter() - started
+    return result
+
+
+def _final_metrics(epochs: list[EpochMetrics], baselines: dict[str, float]) -> dict[str, float]:
+    last = epochs[-1]
+    steady = epochs[1:] or epochs  # epoch 0 pays for worker start-up and warm-up
+    out = {
+        "train_loss": last.train_loss,
+        "images_per_s": float(np.median([e.images_per_s for e in steady])),
+        "data_wait_fraction": float(np.median([e.data_wait_fraction for e in steady])),
+        "epoch_seconds": float(np.median([e.epoch_seconds for e in steady])),
+    }
+    if last.val_f1_macro is not None and last.val_loss is not None:
+        out["val_f1_macro"] = last.val_f1_macro
+        out["val_loss"] = last.val_loss
+        out["baseline_f1_macro"] = max(baselines.values())
+        out["baseline_prior_f1_macro"] = baselines["prior"]
+        out["baseline_constant_f1_macro"] = baselines["constant"]
+    return out
+
+
+def _start_tracking(
+    config: TrainConfig,
+    settings: Settings,
+    data: _Data,
+    info: DistInfo,
+    loader: str,
+    device: str,
+    net: nn.Module,
+) -> Any:
+    if not (config.track and info.is_main):
+        return None
+    from pixelpipe.training.mlflow_model import RunLogger
+
+    tracker = RunLogger(
+        settings.mlflow_tracking_uri, settings.mlflow_experiment, settings.registered_model_name
+    )
+    extra = {
+        "world_size": info.world_size,
+        "resolved_device": device,
+        "resolved_loader": loader,
+        "num_parameters": count_parameters(net),
+    }
+    tags = {"pixelpipe.variant": data.index.variant, "pixelpipe.dataset_digest": data.index.digest}
+    tracker.start(config.run_name, _params(config, data, extra), tags)
+    try:
+        tracker.log_dataset(data.index.uri, data.index.raw, data.index.digest)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    return tracker
+
+
+def _finish_tracking(
+    tracker: Any, config: TrainConfig, data: _Data, net: nn.Module, result: TrainResult
+) -> None:
+    from pixelpipe.training.mlflow_model import PreprocessSpec
+
+    tracker.log_metrics({f"final_{k}": v for k, v in result.metrics.items()}, config.epochs)
+    if not config.synthetic_data:
+        spec = PreprocessSpec(
+            input_width=data.index.width,
+            input_height=data.index.height,
+            mode=data.index.mode,
+            mean=MEAN,
+            std=STD,
+            labels=tuple(result.labels),
+            threshold=config.threshold,
+        )
+        example = Path(data.val[0].path).read_bytes()
+        tags = {
+            "dataset_digest": data.index.digest,
+            "variant": data.index.variant,
+            **{k: f"{v:.4f}" for k, v in result.metrics.items() if "f1" in k},
+        }
+        result.model_uri, result.model_version = tracker.log_model(net, spec, example, tags)
+    result.run_id, result.run_url = tracker.run_id, tracker.run_url
+    tracker.end("FINISHED")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pixelpipe.training.train --config CONFIG.json [--result RESULT.json]`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="TrainConfig as JSON")
+    parser.add_argument("--result", type=Path, default=None, help="where to write the result")
+    args = parser.parse_args(argv)
+    # torchrun stops the other workers with SIGTERM when one fails: unwind so rank 0 marks
+    # its MLflow run FAILED instead of leaving it RUNNING
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    result = run_training(TrainConfig.read(args.config), load_settings(), args.result)
+    if DistInfo.from_env().is_main:
+        print(json.dumps(result.metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
