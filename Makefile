@@ -23,6 +23,7 @@ lint: install
 
 schemas: install
 	$(PY) -m pixelpipe.manifests
+	$(PY) -m pixelpipe.serving.app --write-schemas
 
 test: install lint
 	bash scripts/test.sh

@@ -180,6 +180,40 @@ def train(
     )
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port"),
+    model: str = typer.Option(None, "--model", help="NAME@ALIAS or NAME/VERSION (@champion)"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Serve a registered model: Open Inference Protocol v2, /predict and /metrics."""
+    from pixelpipe.serving.app import serve as run_server
+
+    settings = _settings()
+    run_server(model or f"{settings.registered_model_name}@champion", host, port, device=device)
+
+
+@app.command()
+def promote(
+    version: str = typer.Argument(None, help="version to promote (default: the candidate)"),
+) -> None:
+    """Move the `champion` alias to VERSION (default: the version aliased `candidate`)."""
+    from mlflow.tracking import MlflowClient
+
+    from pixelpipe.serving.registry import RegistryError
+    from pixelpipe.serving.registry import promote as move_alias
+
+    settings = _settings()
+    client = MlflowClient(settings.mlflow_tracking_uri)
+    try:
+        promoted = move_alias(client, settings.registered_model_name, version)
+    except RegistryError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{settings.registered_model_name} version {promoted} is now @champion")
+
+
 @report_app.command("upload")
 def report_upload(dir: Path = typer.Argument(..., exists=True, file_okay=False)) -> None:
     """Put test reports in the artifacts bucket under test-reports/<timestamp>/ and in MLflow."""
@@ -352,6 +386,34 @@ def bench_training(
         )
     if publish_results:
         where = publish(settings, "training", out)
+        typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    concurrency: int = typer.Option(8, "--concurrency", min=1),
+    seconds: float = typer.Option(10.0, "--seconds", min=0.5),
+    rounds: int = typer.Option(3, "--rounds", min=1),
+    model: str = typer.Option("champion", "--model", help="alias or version of the model"),
+    out: Path = typer.Option(Path("reports/bench/serve"), "--out"),
+    publish_results: bool = typer.Option(True, "--publish/--no-publish"),
+) -> None:
+    """Our service vs `mlflow models serve` of the same version, same image and concurrency."""
+    from pixelpipe.bench.publish import publish
+    from pixelpipe.bench.serve import run_bench
+
+    settings = _settings()
+    rows = run_bench(
+        settings, settings.registered_model_name, model, concurrency, seconds, out, rounds=rounds
+    )
+    for row in rows:
+        typer.echo(
+            ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
+    if publish_results:
+        where = publish(settings, "serve", out)
         typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
 
 

@@ -6,7 +6,7 @@ import json
 import multiprocessing
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -92,6 +92,7 @@ def generate(
     seed: int,
     image_ref: Callable[[str], str] | str = LOCAL_FILES_TEMPLATE,
     workers: int = 1,
+    sizes: Sequence[tuple[int, int]] = SIZES,
 ) -> DatagenSummary:
     """Write count images, annotations/export.json and annotations/label_config.xml under out_dir.
 
@@ -99,13 +100,16 @@ def generate(
     callable, or a template with {name} (default Label Studio local files,
     "/data/local-files/?d=images/{name}"; e.g. "s3://bucket/prefix/{name}"). The same seed
     gives the same bytes; workers > 1 renders in spawned processes with identical output.
+    sizes are the (width, height) images take in turn (default SIZES; tests ask for small ones).
     """
     if count < 0:
         raise ValueError("count must be >= 0")
+    if not sizes or any(w < 16 or h < 16 for w, h in sizes):
+        raise ValueError(f"sizes must be (width, height) pairs of at least 16 px, got {sizes!r}")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
-    rendered = _render_all(out_dir / "images", count, seed, workers)
+    rendered = _render_all(out_dir / "images", count, seed, workers, tuple(sizes))
     to_ref = image_ref if callable(image_ref) else _template(image_ref)
     tasks = [_task(i, r, to_ref(r.name), seed) for i, r in enumerate(rendered)]
     export_path = out_dir / "annotations" / "export.json"
@@ -121,8 +125,10 @@ def _template(template: str) -> Callable[[str], str]:
     return lambda name: template.format(name=name)
 
 
-def _render_all(image_dir: Path, count: int, seed: int, workers: int) -> list[_Rendered]:
-    jobs = [(image_dir, seed, i) for i in range(count)]
+def _render_all(
+    image_dir: Path, count: int, seed: int, workers: int, sizes: tuple[tuple[int, int], ...]
+) -> list[_Rendered]:
+    jobs = [(image_dir, seed, i, sizes[i % len(sizes)]) for i in range(count)]
     if workers <= 1 or count < 2:
         return [_render_to_file(*job) for job in jobs]
     ctx = multiprocessing.get_context("spawn")
@@ -130,9 +136,9 @@ def _render_all(image_dir: Path, count: int, seed: int, workers: int) -> list[_R
         return list(pool.map(_render_to_file, *zip(*jobs, strict=True)))
 
 
-def _render_to_file(image_dir: Path, seed: int, index: int) -> _Rendered:
+def _render_to_file(image_dir: Path, seed: int, index: int, size: tuple[int, int]) -> _Rendered:
     name = image_name(index)
-    width, height = SIZES[index % len(SIZES)]
+    width, height = size
     rng = np.random.default_rng([seed, index])
     image = _background(rng, width, height)
     boxes = _draw_shapes(rng, image)

@@ -12,7 +12,7 @@ warnings.filterwarnings("ignore", message="Found asset job named")
 
 import dagster as dg  # noqa: E402
 
-from pixelpipe.assets import annotations, stage1, stage2, training  # noqa: E402
+from pixelpipe.assets import annotations, predictions, stage1, stage2, training  # noqa: E402
 from pixelpipe.io_managers.staging import NvmeStagingIOManager  # noqa: E402
 from pixelpipe.resources.mlflow import MlflowResource  # noqa: E402
 from pixelpipe.resources.s3 import S3Resource  # noqa: E402
@@ -24,6 +24,7 @@ from pixelpipe.settings import Settings, get_settings  # noqa: E402
 INGEST_ASSETS = [stage1.raw_image_batches, stage1.augmented_images, stage2.normalized_images]
 ANNOTATION_ASSETS = [annotations.raw_annotations, annotations.coco_annotations]
 TRAINING_ASSETS = [training.trained_model]
+INFERENCE_ASSETS = [predictions.batch_predictions]
 
 
 def build_ingest_job() -> dg.UnresolvedAssetJobDefinition:
@@ -71,7 +72,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         "training_job", selection=dg.AssetSelection.assets(*TRAINING_ASSETS)
     )
     return dg.Definitions(
-        assets=[*INGEST_ASSETS, *ANNOTATION_ASSETS, *TRAINING_ASSETS],
+        assets=[*INGEST_ASSETS, *ANNOTATION_ASSETS, *TRAINING_ASSETS, *INFERENCE_ASSETS],
         asset_checks=[*stage1.checks, *stage2.checks],
         jobs=[ingest_job, annotations_job, training_job],
         sensors=[

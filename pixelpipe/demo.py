@@ -12,6 +12,7 @@ from pixelpipe import settings as settings_mod
 from pixelpipe.devstack.stack import DevStack, bucket_names
 
 DEFAULT_COUNT = 24
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _count(s3: object, bucket: str, prefix: str = "") -> tuple[int, int]:
@@ -50,6 +51,78 @@ def _train(settings: settings_mod.Settings, epochs: int) -> object:
     return result
 
 
+def _serve_and_ask(settings: settings_mod.Settings, image: Path, partition: str | None) -> bool:
+    """Promote the candidate, serve it, send one sample image, print the answer."""
+    import subprocess
+    import sys
+
+    import httpx
+    from mlflow.tracking import MlflowClient
+
+    from pixelpipe.devstack.stack import pick_ports
+    from pixelpipe.serving.registry import promote
+
+    name = settings.registered_model_name
+    version = promote(MlflowClient(settings.mlflow_tracking_uri), name, None)
+    typer.echo(f"promoted {name} version {version} to @champion")
+    if partition:
+        _batch_predictions(settings, partition)
+    (port,) = pick_ports(1, grpc=False)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pixelpipe", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            err = server.stderr.read().decode()[-2000:] if server.stderr else ""
+            typer.echo(f"inference service did not become ready:\n{err}")
+            return False
+        with image.open("rb") as handle:
+            answer = httpx.post(
+                f"{url}/predict", files={"file": (image.name, handle, "image/jpeg")}, timeout=30
+            )
+        typer.echo(f"serving {name}@champion at {url} (OIP v2, /predict, /metrics)")
+        typer.echo(f"  POST /predict {image.name} -> {answer.status_code} {answer.text}")
+        return answer.status_code == 200
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _batch_predictions(settings: settings_mod.Settings, partition: str) -> None:
+    import dagster as dg
+
+    from pixelpipe.definitions import build_definitions
+    from pixelpipe.pipeline import QUIET, instance_for
+
+    job = build_definitions(settings).resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(
+        asset_selection=[dg.AssetKey("batch_predictions")],
+        partition_key=partition,
+        instance=instance_for(settings),
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+    for event in result.get_asset_materialization_events():
+        meta = event.event_specific_data.materialization.metadata
+        typer.echo(
+            f"batch_predictions {partition}: {meta['images'].value} images, labels "
+            f"{meta['label_counts'].value}; Label Studio import "
+            f"{meta['label_studio_import_uri'].value}"
+        )
+
+
 def run_demo(stack_dir: Path, count: int, seed: int = 7, epochs: int = 3) -> int:
     """The whole pipeline on sample data; returns a process exit code."""
     started = time.monotonic()
@@ -75,6 +148,11 @@ def run_demo(stack_dir: Path, count: int, seed: int = 7, epochs: int = 3) -> int
 
     outcomes = poll(settings, prefix, once=True, echo=typer.echo)
     trained = _train(settings, epochs)
+    first = next((o.partition for o in outcomes if o.success), None)
+    image = next(p for p in sorted((sample / "images").iterdir()) if p.suffix == ".jpg")
+    served = bool(getattr(trained, "model_version", None)) and _serve_and_ask(
+        settings, image, first
+    )
     s3 = client_from_settings(settings)
     typer.echo("\nbuckets:")
     for bucket in bucket_names(settings):
@@ -93,7 +171,7 @@ def run_demo(stack_dir: Path, count: int, seed: int = 7, epochs: int = 3) -> int
     )
     typer.echo(f"  stack status  pixelpipe devstack status --dir {stack_dir}")
     failed = [o for o in outcomes if not o.success]
-    ok = bool(outcomes) and not failed and bool(getattr(trained, "model_version", None))
+    ok = bool(outcomes) and not failed and served
     verdict = "demo finished" if ok else f"demo FAILED ({len(failed)} failed runs)"
     typer.echo(
         f"\n{verdict} in {time.monotonic() - started:.0f}s; "

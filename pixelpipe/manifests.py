@@ -163,11 +163,28 @@ class AnnotationManifest(_Manifest):
     items: list[dict[str, Any]] = []
 
 
+class PredictionArtifact(_Model):
+    """A predictions file: pixelpipe's JSON or a Label Studio import with pre-annotations."""
+
+    uri: str
+    format: Literal["pixelpipe_predictions", "label_studio_json"]
+    images: int
+
+
+class PredictionManifest(_Manifest):
+    """batch_predictions manifest: which model scored which variant of a batch, and where."""
+
+    stage: Literal["predict"] = "predict"
+    artifacts: list[PredictionArtifact]
+    items: list[dict[str, Any]] = []
+
+
 MODELS: dict[str, type[BaseModel]] = {
     "batch_listing": BatchListing,
     "stage1_manifest": Stage1Manifest,
     "stage2_manifest": Stage2Manifest,
     "annotation_manifest": AnnotationManifest,
+    "prediction_manifest": PredictionManifest,
 }
 
 

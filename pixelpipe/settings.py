@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow server")
     mlflow_experiment: str = Field("pixelpipe", min_length=1, description="experiment name")
     registered_model_name: str = Field("pixelpipe-classifier", min_length=1)
+    # serving
+    serve_max_batch: int = Field(16, ge=1, le=4096, description="micro-batch size limit")
+    serve_max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="micro-batch wait, ms")
+    serve_max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="request size limit")
+    serve_max_pixels: int = Field(50_000_000, ge=1, description="decoded pixels per image limit")
+    serve_torch_threads: int = Field(0, ge=0, le=256, description="0 = a quarter of the cores")
+    serve_model_cache: Path | None = Field(None, description="model download cache")
     # Dagster
     dagster_home: Path | None = Field(None, description="Dagster instance directory")
 
