@@ -15,7 +15,14 @@ from pixelpipe.imaging.stage1 import Stage1Task, baseline_loop, run_tasks
 def run_bench(
     paths: Sequence[Path], out_dir: Path, workers: int, repeats: int = 3, quality: int = 90
 ) -> dict[str, Any]:
-    """Median/spread of images/s for run_tasks(workers) and baseline_loop on the same files."""
+    """Median/spread of images/s for run_tasks(workers) and baseline_loop on the same files.
+
+    The baseline runs in this process with OpenCV limited to one thread, as each of our workers
+    is, so "per worker" compares one core with one core.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
     spec = aug.load_spec(None)
     digest = aug.spec_digest(spec)
     work = out_dir / "stage1-out"
