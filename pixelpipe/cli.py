@@ -16,10 +16,12 @@ devstack_app = typer.Typer(no_args_is_help=True, help="The embedded S3 + MLflow 
 report_app = typer.Typer(no_args_is_help=True, help="Test reports.")
 convert_app = typer.Typer(no_args_is_help=True, help="Label Studio <-> COCO conversion.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks with a baseline in the same run.")
+infra_app = typer.Typer(no_args_is_help=True, help="Deployed infrastructure.")
 app.add_typer(devstack_app, name="devstack")
 app.add_typer(report_app, name="report")
 app.add_typer(convert_app, name="convert")
 app.add_typer(bench_app, name="bench")
+app.add_typer(infra_app, name="infra")
 
 DEFAULT_DIR = Path(".pixelpipe")
 
@@ -212,6 +214,23 @@ def promote(
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{settings.registered_model_name} version {promoted} is now @champion")
+
+
+@infra_app.command("verify")
+def infra_verify(
+    variant: str = typer.Option(..., "--variant", help="aws | local"),
+    outputs: str = typer.Option(None, "--outputs", help="`terraform output -json` file, or -"),
+) -> None:
+    """Check with boto3 that the buckets, ECR repos, schedules and queues in the outputs exist."""
+    from pixelpipe import infra
+
+    try:
+        checks = infra.verify_deployment(variant, _settings(), outputs)
+    except ValueError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(infra.summarize(variant, checks))
+    raise typer.Exit(0 if all(c.ok for c in checks) else 1)
 
 
 @report_app.command("upload")
