@@ -19,6 +19,7 @@ from pixelpipe.resources.s3 import S3Resource  # noqa: E402
 from pixelpipe.sensors.annotations import build_annotations_sensor  # noqa: E402
 from pixelpipe.sensors.cleanup import nvme_cleanup_sensors  # noqa: E402
 from pixelpipe.sensors.raw_images import build_raw_images_sensor  # noqa: E402
+from pixelpipe.sensors.sqs import SqsResource, build_sqs_sensor  # noqa: E402
 from pixelpipe.settings import Settings, get_settings  # noqa: E402
 
 INGEST_ASSETS = [stage1.raw_image_batches, stage1.augmented_images, stage2.normalized_images]
@@ -51,6 +52,7 @@ def resources_for(settings: Settings) -> dict[str, object]:
     return {
         "s3": s3,
         "mlflow": MlflowResource.from_settings(settings),
+        "sqs": SqsResource.from_settings(settings),
         "staging_io_manager": NvmeStagingIOManager(
             s3=s3,
             nvme_root=str(settings.nvme_root.resolve()),
@@ -76,7 +78,10 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         asset_checks=[*stage1.checks, *stage2.checks],
         jobs=[ingest_job, annotations_job, training_job],
         sensors=[
-            build_raw_images_sensor(ingest_job, settings, settings.sensor_interval_seconds),
+            # INGEST_MODE picks how new raw objects are found; both feed the same batching
+            (build_sqs_sensor if settings.ingest_mode == "sqs" else build_raw_images_sensor)(
+                ingest_job, settings, settings.sensor_interval_seconds
+            ),
             build_annotations_sensor(annotations_job, settings, settings.sensor_interval_seconds),
             *nvme_cleanup_sensors(settings),
         ],

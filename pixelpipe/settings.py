@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pixelpipe.imaging.variants import SIZES_FORMAT, Variant, parse_sizes
@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     # ingest
     ingest_batch_size: int = Field(64, ge=1, le=100_000, description="keys per batch partition")
     ingest_mode: Literal["poll", "sqs"] = Field("poll", description="poll | sqs")
+    sqs_queue_url: str | None = Field(
+        None, description="queue of the raw bucket's S3 event notifications (INGEST_MODE=sqs)"
+    )
+    sqs_endpoint_url: str | None = Field(None, description="SQS endpoint; empty for AWS")
     sensor_interval_seconds: int = Field(30, ge=1, le=86400, description="sensor tick interval")
     s3_conditional_writes: Literal["auto", "on", "off"] = Field(
         "auto", description="If-None-Match manifest writes: auto probes the server"
@@ -99,7 +103,7 @@ class Settings(BaseSettings):
     def _prefix(cls, value: str) -> str:
         return _check_prefix(value)
 
-    @field_validator("s3_endpoint_url", "mlflow_tracking_uri")
+    @field_validator("s3_endpoint_url", "mlflow_tracking_uri", "sqs_endpoint_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value in (None, ""):
@@ -129,6 +133,12 @@ class Settings(BaseSettings):
             raise ValueError("expected inline JSON or the path of an existing JSON/YAML file")
         return text
 
+    @model_validator(mode="after")
+    def _sqs_needs_queue(self) -> Settings:
+        if self.ingest_mode == "sqs" and not self.sqs_queue_url:
+            raise ValueError("INGEST_MODE='sqs' needs SQS_QUEUE_URL (the S3 event queue's URL)")
+        return self
+
     @property
     def variants(self) -> list[Variant]:
         return parse_sizes(self.normalize_sizes)
@@ -144,10 +154,12 @@ def format_error(exc: ValidationError) -> str:
     """One line per bad variable: NAME='value': expected ..."""
     lines = []
     for err in exc.errors():
-        name = str(err["loc"][0]).upper() if err["loc"] else "?"
-        value: Any = err.get("input")
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{name}={value!r}: {msg}")
+        if not err["loc"]:  # a rule across variables names them in its message
+            lines.append(msg)
+            continue
+        value: Any = err.get("input")
+        lines.append(f"{str(err['loc'][0]).upper()}={value!r}: {msg}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

@@ -70,3 +70,11 @@ def test_defaults_and_parsed_variants(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_parse_sizes_round_trips_spec() -> None:
     variants = parse_sizes("a:1x2:stretch,b:3x4")
     assert [v.spec() for v in variants] == ["a:1x2:stretch", "b:3x4:fit"]
+
+
+def test_sqs_mode_needs_a_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INGEST_MODE", "sqs")
+    message = str(pytest.raises(SettingsError, load_settings).value)
+    assert "INGEST_MODE='sqs' needs SQS_QUEUE_URL" in message
+    monkeypatch.setenv("SQS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/1/raw-events")
+    assert load_settings().sqs_queue_url.endswith("raw-events")

@@ -1,0 +1,324 @@
+"""The SQS event sensor batches exactly what the polling sensor would, and never loses an event.
+
+SQS is an AWS-only API with no server that runs here, so the queue is moto's SQS served over
+HTTP (`ThreadedMotoServer`); everything else is real: objects are uploaded to the test stack's
+S3 (so keys, sizes and ETags in the events are the server's), listings are written there, and
+the sensor is evaluated by Dagster against a real (ephemeral) instance. Messages are posted in
+the shape S3 sends them (URL-encoded keys, eTag, sequencer, eventTime), raw or SNS-wrapped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote_plus
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+from pixelpipe import manifests as mf
+from pixelpipe.io_managers.staging import batch_listing_key
+from pixelpipe.resources.s3 import S3Resource
+from pixelpipe.sensors.raw_images import (
+    BATCH_TAG,
+    build_raw_images_sensor,
+    raw_batches_partitions,
+)
+from pixelpipe.sensors.sqs import SqsResource, build_sqs_sensor, evaluate_sqs_tick, state_key
+from pixelpipe.settings import Settings
+
+
+@dg.op
+def _noop() -> None:
+    """Stands in for the ingest steps: these tests are about what the sensors request."""
+
+
+@dg.job(name="ingest_job", partitions_def=raw_batches_partitions)
+def ingest_job() -> None:
+    _noop()
+
+
+@pytest.fixture(scope="module")
+def sqs_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def queue(sqs_endpoint: str) -> SqsResource:
+    """A fresh queue of this test's own, and the resource the sensor gets."""
+    where = {
+        "endpoint_url": sqs_endpoint,
+        "region": "us-east-1",
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+    }
+    made = SqsResource(**where).client().create_queue(QueueName=f"q-{secrets.token_hex(4)}")
+    return SqsResource(**where, queue_url=made["QueueUrl"], wait_seconds=0)
+
+
+@pytest.fixture
+def scoped(settings: Settings) -> Settings:
+    """The session settings, watching a prefix of this test's own."""
+    return settings.model_copy(update={"raw_prefix": f"incoming/sqs-{secrets.token_hex(3)}"})
+
+
+def _jpeg(seed: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 6), (seed * 40 % 256, 90, 160)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def _upload(s3: Any, settings: Settings, name: str, seed: int = 0) -> str:
+    key = f"{settings.raw_prefix}/{name}"
+    s3.put_object(Bucket=settings.raw_bucket, Key=key, Body=_jpeg(seed))
+    return key
+
+
+def _record(s3: Any, bucket: str, key: str, sequencer: str, **changes: Any) -> dict[str, Any]:
+    """An S3 ObjectCreated:Put record for the object as it is now on the server."""
+    head = s3.head_object(Bucket=bucket, Key=key)
+    stamp = changes.pop("time", head["LastModified"]).astimezone(UTC)
+    record = {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "awsRegion": "us-east-1",
+        "eventTime": stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+            "object": {
+                "key": quote_plus(key, safe="/"),
+                "size": head["ContentLength"],
+                "eTag": head["ETag"].strip('"'),
+                "sequencer": sequencer,
+            },
+        },
+    }
+    record.update(changes)
+    return record
+
+
+def _post(queue: SqsResource, *records: dict[str, Any], sns: bool = False) -> None:
+    body = json.dumps({"Records": list(records)})
+    if sns:
+        body = json.dumps({"Type": "Notification", "TopicArn": "arn:t", "Message": body})
+    queue.client().send_message(QueueUrl=queue.queue_url, MessageBody=body)
+
+
+def _post_raw(queue: SqsResource, body: str) -> None:
+    queue.client().send_message(QueueUrl=queue.queue_url, MessageBody=body)
+
+
+def _counts(queue: SqsResource) -> tuple[int, int]:
+    """(visible, in flight) messages left in the queue."""
+    attrs = queue.client().get_queue_attributes(
+        QueueUrl=queue.queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attrs["ApproximateNumberOfMessages"]),
+        int(attrs["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+def _sensor_tick(
+    settings: Settings, queue: SqsResource, instance: dg.DagsterInstance
+) -> dg.SensorResult:
+    sensor = build_sqs_sensor(ingest_job, settings, interval=30)
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={"s3": S3Resource.from_settings(settings), "sqs": queue},
+    )
+    return sensor(context)
+
+
+def _tick(settings: Settings, queue: SqsResource, instance: dg.DagsterInstance) -> Any:
+    return evaluate_sqs_tick(
+        instance,
+        S3Resource.from_settings(settings).client(),
+        queue.client(),
+        str(queue.queue_url),
+        settings,
+        ingest_job.name,
+        wait_seconds=0,
+    )
+
+
+def _listing(s3: Any, settings: Settings, partition: str) -> mf.BatchListing:
+    uri = f"s3://{settings.artifacts_bucket}/{batch_listing_key(partition)}"
+    return mf.BatchListing.model_validate(mf.read_json(s3, uri))
+
+
+def _shape(request: dg.RunRequest) -> tuple[Any, ...]:
+    return (request.run_key, request.partition_key, request.job_name, dict(request.tags))
+
+
+def test_events_make_the_same_batch_and_run_request_as_polling(
+    scoped: Settings, s3: Any, queue: SqsResource
+) -> None:
+    keys = [
+        _upload(s3, scoped, "a.jpg", 1),
+        _upload(s3, scoped, "my photo+1 (é).JPG", 2),
+        _upload(s3, scoped, "sub/c.png", 3),
+    ]
+    for seq, key in enumerate(keys, start=1):
+        _post(queue, _record(s3, scoped.raw_bucket, key, f"00{seq:02d}"))
+
+    result = _sensor_tick(scoped, queue, dg.DagsterInstance.ephemeral())
+
+    poll = build_raw_images_sensor(ingest_job, scoped, interval=30)
+    polled = poll(
+        dg.build_sensor_context(
+            instance=dg.DagsterInstance.ephemeral(),
+            resources={"s3": S3Resource.from_settings(scoped)},
+        )
+    )
+    assert [_shape(r) for r in result.run_requests] == [_shape(r) for r in polled.run_requests]
+    (request,) = result.run_requests
+    assert request.run_key == request.partition_key == request.tags[BATCH_TAG]
+    assert [r.partition_keys for r in result.dynamic_partitions_requests] == [[request.run_key]]
+    listing = _listing(s3, scoped, request.run_key)
+    heads = {k: s3.head_object(Bucket=scoped.raw_bucket, Key=k) for k in keys}
+    assert sorted(o.key for o in listing.objects) == sorted(keys)  # keys URL-decoded
+    for obj in listing.objects:
+        assert obj.etag == heads[obj.key]["ETag"].strip('"')
+        assert obj.size == heads[obj.key]["ContentLength"]
+    assert (listing.bucket, listing.prefix) == (scoped.raw_bucket, scoped.raw_prefix)
+    assert _counts(queue) == (0, 0)
+
+
+def test_duplicate_events_are_batched_once_within_and_across_ticks(
+    scoped: Settings, s3: Any, queue: SqsResource
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    a = _record(s3, scoped.raw_bucket, _upload(s3, scoped, "a.jpg", 1), "01")
+    b = _record(s3, scoped.raw_bucket, _upload(s3, scoped, "b.jpg", 2), "02")
+    _post(queue, a)
+    _post(queue, a)  # S3 delivers at least once
+    _post(queue, b, sns=True)
+    _post(queue, b)
+
+    first = _tick(scoped, queue, instance)
+    assert len(first.new_partitions) == 1
+    assert first.new_objects == 2 and first.duplicates == 2
+    assert [len(_listing(s3, scoped, p).objects) for p in first.new_partitions] == [2]
+    assert _counts(queue) == (0, 0)
+
+    _post(queue, a, b)  # the same events once more, in a later tick
+    second = _tick(scoped, queue, instance)
+    assert second.new_partitions == [] and second.duplicates == 2
+    # the first batch has no run yet, so it is requested again under the same run key
+    assert [r.run_key for r in second.run_requests] == first.new_partitions
+    assert _counts(queue) == (0, 0)
+
+
+def test_out_of_order_events_keep_the_newest_version_in_event_time_order(
+    scoped: Settings, s3: Any, queue: SqsResource
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    key = _upload(s3, scoped, "over.jpg", 1)
+    old = _record(s3, scoped.raw_bucket, key, "0A")
+    _upload(s3, scoped, "over.jpg", 2)  # overwritten: new ETag
+    new = _record(s3, scoped.raw_bucket, key, "0B")
+    assert old["s3"]["object"]["eTag"] != new["s3"]["object"]["eTag"]
+    late = _record(
+        s3,
+        scoped.raw_bucket,
+        _upload(s3, scoped, "late.jpg", 3),
+        "01",
+        time=datetime(2030, 1, 1, tzinfo=UTC),
+    )
+    early = _record(
+        s3,
+        scoped.raw_bucket,
+        _upload(s3, scoped, "early.jpg", 4),
+        "01",
+        time=datetime(2020, 1, 1, tzinfo=UTC),
+    )
+    _post(queue, late)
+    _post(queue, new)
+    _post(queue, early)
+    _post(queue, old)  # arrives after the event of the write that replaced it
+
+    tick = _tick(scoped, queue, instance)
+    (partition,) = tick.new_partitions
+    objects = _listing(s3, scoped, partition).objects
+    assert [o.key.rsplit("/", 1)[-1] for o in objects] == ["early.jpg", "over.jpg", "late.jpg"]
+    over = next(o for o in objects if o.key == key)
+    assert over.etag == new["s3"]["object"]["eTag"]
+    assert partition.startswith("b-20300101T")  # named after the newest event time
+
+    _post(queue, old)  # the stale event again, in a later tick
+    again = _tick(scoped, queue, instance)
+    assert again.new_partitions == [] and again.duplicates == 1
+    assert _counts(queue) == (0, 0)
+
+
+def test_test_events_and_non_image_keys_are_deleted_and_malformed_bodies_stay(
+    scoped: Settings, s3: Any, queue: SqsResource
+) -> None:
+    bucket = scoped.raw_bucket
+    note = f"{scoped.raw_prefix}/notes.txt"
+    s3.put_object(Bucket=bucket, Key=note, Body=b"not an image")
+    export = f"{scoped.annotations_prefix}/sqs-{secrets.token_hex(3)}/export.jpg"
+    s3.put_object(Bucket=bucket, Key=export, Body=_jpeg(5))
+    outside = f"elsewhere-{secrets.token_hex(3)}/x.jpg"
+    s3.put_object(Bucket=bucket, Key=outside, Body=_jpeg(6))
+    image = _upload(s3, scoped, "kept.jpg", 7)
+    removed = _record(s3, bucket, image, "05", eventName="ObjectRemoved:Delete")
+    _post_raw(
+        queue, json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": bucket})
+    )
+    _post(queue, _record(s3, bucket, note, "01"), _record(s3, bucket, export, "02"))
+    _post(queue, _record(s3, bucket, outside, "03"), removed)
+    _post_raw(queue, "this is not an S3 event")
+
+    result = _sensor_tick(scoped, queue, dg.DagsterInstance.ephemeral())
+
+    assert result.run_requests == []
+    assert result.skip_reason is not None
+    reason = result.skip_reason.skip_message or ""
+    assert "4 not images" in reason and "1 test events" in reason and "1 malformed" in reason
+    # handled messages are gone; the malformed one is in flight, for the redrive policy's DLQ
+    assert _counts(queue) == (0, 1)
+
+
+def test_messages_stay_in_the_queue_until_the_batch_is_recorded(
+    scoped: Settings, s3: Any, queue: SqsResource
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    for seq, name in enumerate(["a.jpg", "b.jpg"], start=1):
+        _post(queue, _record(s3, scoped.raw_bucket, _upload(s3, scoped, name, seq), f"0{seq}"))
+    # S3 refuses the listing's PUT (a wrong secret key): the tick fails before recording
+    refused = scoped.model_copy(update={"aws_secret_access_key": "not-the-secret"})
+
+    with pytest.raises(Exception, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+        _sensor_tick(refused, queue, instance)
+
+    assert _counts(queue) == (2, 0)  # visible again at once, for the next tick
+    key = state_key(str(queue.queue_url))
+    assert instance.run_storage.get_cursor_values({key}).get(key) is None
+
+    result = _sensor_tick(scoped, queue, instance)
+    (request,) = result.run_requests
+    assert len(_listing(s3, scoped, request.run_key).objects) == 2
+    assert _counts(queue) == (0, 0)
+    stored = json.loads(instance.run_storage.get_cursor_values({key})[key])
+    assert stored["pending"] == [request.run_key]
