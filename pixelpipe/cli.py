@@ -255,6 +255,19 @@ def demo(
     raise typer.Exit(run_demo(dir, n))
 
 
+def _echo_rows(rows: list[dict], prefix: str = "") -> None:
+    for row in rows:
+        cells = (f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        typer.echo(prefix + ", ".join(cells))
+
+
+def _publish(settings, bench: str, out: Path, metrics: dict | None = None) -> None:  # noqa: ANN001
+    from pixelpipe.bench.publish import publish
+
+    where = publish(settings, bench, out, metrics)
+    typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
+
+
 def _bench_images(out: Path, count: int) -> list[Path]:
     """The datagen mix (equal shares of 640x480 .. 4000x3000), made once per count."""
     from pixelpipe.datagen import generate
@@ -276,7 +289,6 @@ def bench_stage1(
 ) -> None:
     """Stage 1 images/s per worker vs a plain albumentations loop; stage-in vs boto3 and s5cmd."""
     from pixelpipe.bench import transfer
-    from pixelpipe.bench.publish import publish
     from pixelpipe.bench.stage1 import run_bench
     from pixelpipe.resources.s3 import client_from_settings
 
@@ -303,18 +315,11 @@ def bench_stage1(
         extra_files=paths,
         region=settings.aws_region,
     )
-    for row in transfer.summarize(rows):
-        typer.echo(
-            "stage-in: "
-            + ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-            )
-        )
+    _echo_rows(transfer.summarize(rows), "stage-in: ")
     if publish_results:
         for path in (out / "transfer").glob("*.csv"):
             path.replace(out / path.name)
-        where = publish(settings, "stage1", out, {k: v for k, v in summary.items()})
-        typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
+        _publish(settings, "stage1", out, summary)
 
 
 @bench_app.command("stage2")
@@ -327,7 +332,6 @@ def bench_stage2(
     publish_results: bool = typer.Option(True, "--publish/--no-publish"),
 ) -> None:
     """Stage 2 multi-variant cost vs the naive baseline; NVMe write and S3 upload throughput."""
-    from pixelpipe.bench.publish import publish
     from pixelpipe.bench.stage2 import run_bench
     from pixelpipe.resources.s3 import client_from_settings
     from pixelpipe.storage.transfer import upload_many
@@ -358,15 +362,9 @@ def bench_stage2(
         settings.jpeg_quality,
         upload=upload,
     )
-    for row in rows:
-        typer.echo(
-            ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-            )
-        )
+    _echo_rows(rows)
     if publish_results:
-        where = publish(settings, "stage2", out)
-        typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
+        _publish(settings, "stage2", out)
 
 
 @bench_app.command("training")
@@ -382,7 +380,6 @@ def bench_training(
     publish_results: bool = typer.Option(True, "--publish/--no-publish"),
 ) -> None:
     """PT1: epoch time, images/s, data wait, scaling vs one instance, synthetic baseline."""
-    from pixelpipe.bench.publish import publish
     from pixelpipe.bench.training import run_bench
 
     settings = _settings()
@@ -397,15 +394,9 @@ def bench_training(
         model=model,
         max_images=max_images,
     )
-    for row in rows:
-        typer.echo(
-            ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-            )
-        )
+    _echo_rows(rows)
     if publish_results:
-        where = publish(settings, "training", out)
-        typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
+        _publish(settings, "training", out)
 
 
 @bench_app.command("serve")
@@ -418,22 +409,15 @@ def bench_serve(
     publish_results: bool = typer.Option(True, "--publish/--no-publish"),
 ) -> None:
     """Our service vs `mlflow models serve` of the same version, same image and concurrency."""
-    from pixelpipe.bench.publish import publish
     from pixelpipe.bench.serve import run_bench
 
     settings = _settings()
     rows = run_bench(
         settings, settings.registered_model_name, model, concurrency, seconds, out, rounds=rounds
     )
-    for row in rows:
-        typer.echo(
-            ", ".join(
-                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-            )
-        )
+    _echo_rows(rows)
     if publish_results:
-        where = publish(settings, "serve", out)
-        typer.echo(f"results: {where['s3_prefix']} and MLflow run {where['mlflow_run_id']}")
+        _publish(settings, "serve", out)
 
 
 def _read_input(source: str) -> Path:
