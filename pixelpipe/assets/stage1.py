@@ -113,15 +113,7 @@ def augmented_images(
         },
         items=items,
         failures=failures,
-        stats=mf.StageStats(
-            inputs=inputs,
-            outputs=len(items),
-            failures=len(failures),
-            bytes_in=batch.stage_in_bytes,
-            seconds_stage_in=batch.stage_in_seconds,
-            seconds_compute=compute,
-            images_per_second=len(batch.files) / compute if compute else 0,
-        ),
+        stats=batch.stats(len(items), len(failures), compute),
     )
     for failure in failures:
         context.log.warning(f"failed {failure.source_uri}: {failure.reason}")

@@ -95,15 +95,7 @@ def normalized_images(
         items=items,
         failures=failures,
         variant_stats=variant_stats,
-        stats=mf.StageStats(
-            inputs=len(batch.files) + len(batch.failures),
-            outputs=len(items),
-            failures=len(failures),
-            bytes_in=batch.stage_in_bytes,
-            seconds_stage_in=batch.stage_in_seconds,
-            seconds_compute=compute,
-            images_per_second=len(batch.files) / compute if compute else 0.0,
-        ),
+        stats=batch.stats(len(items), len(failures), compute),
     )
     for failure in failures:
         context.log.warning(f"failed {failure.source_uri}: {failure.reason}")

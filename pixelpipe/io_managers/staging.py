@@ -56,6 +56,18 @@ class StagedBatch:
     downloaded: int = 0
     reused_local: int = 0
 
+    def stats(self, outputs: int, failures: int, compute_seconds: float) -> mf.StageStats:
+        """The manifest stats of a stage that made `outputs` from this batch."""
+        return mf.StageStats(
+            inputs=len(self.files) + len(self.failures),
+            outputs=outputs,
+            failures=failures,
+            bytes_in=self.stage_in_bytes,
+            seconds_stage_in=self.stage_in_seconds,
+            seconds_compute=compute_seconds,
+            images_per_second=len(self.files) / compute_seconds if compute_seconds else 0.0,
+        )
+
 
 @dataclass
 class StagedOutput:
