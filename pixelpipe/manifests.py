@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pixelpipe.schema_files import write_schema_files
+
 SCHEMA_VERSION = 1
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MANIFEST_ROOT = "_manifests"
@@ -199,13 +201,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
     """Regenerate schemas/*.schema.json (committed; a test fails when they drift)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, schema in json_schemas().items():
-        path = directory / f"{name}.schema.json"
-        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
-        paths.append(path)
-    return paths
+    return write_schema_files(json_schemas(), directory)
 
 
 def validate_against_schema(name: str, document: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ BACKEND_NAMES: tuple[str, ...] = ("auto", "cpu", "dali", "dali-cpu", "dali-gpu")
 # Files per task sent to a worker: enough to amortise pickling, few enough to balance load.
 MAX_CHUNK = 16
 T = TypeVar("T")
+_B = TypeVar("_B", bound="_ClosesOnExit")
 
 __all__ = [
     "BACKEND_NAMES",
@@ -134,7 +135,25 @@ def _init_worker_noop(_: int) -> None:
     """A task that only proves a worker is up."""
 
 
-class CpuBackend:
+class _ClosesOnExit:
+    """`with backend:` closes its pools and pipelines on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _B) -> _B:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class CpuBackend(_ClosesOnExit):
     """Reduced-scale decode + cascaded INTER_AREA resize, across a spawn process pool."""
 
     name = "cpu"
@@ -189,19 +208,8 @@ class CpuBackend:
             self._pool.shutdown()
             self._pool = None
 
-    def __enter__(self) -> CpuBackend:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class DaliBackend:
+class DaliBackend(_ClosesOnExit):
     """DALI decode + resize in batches in this process; encode and write here too."""
 
     def __init__(self, resizer: resize_dali.DaliResizer) -> None:
@@ -248,17 +256,6 @@ class DaliBackend:
         if self._writers is not None:
             self._writers.shutdown()
             self._writers = None
-
-    def __enter__(self) -> DaliBackend:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def get_backend(name: str = "auto", workers: int | None = None) -> CpuBackend | DaliBackend:

@@ -68,7 +68,7 @@ def _load_state(instance: dg.DagsterInstance, key: str) -> tuple[cur.CursorState
     return cur.CursorState.from_json(body["scan"]), list(body.get("pending", []))
 
 
-def _has_run(instance: dg.DagsterInstance, partition: str) -> bool:
+def has_run(instance: dg.DagsterInstance, partition: str) -> bool:
     return bool(instance.get_run_records(dg.RunsFilter(tags={BATCH_TAG: partition}), limit=1))
 
 
@@ -105,12 +105,12 @@ def evaluate_tick(
                 for o in group
             ],
         )
-        _put_listing(s3, settings.artifacts_bucket, listing, conditional)
+        put_listing(s3, settings.artifacts_bucket, listing, conditional)
         result.new_partitions.append(name)
         pending.append(name)
     # Re-request batches whose run does not exist yet: run_key makes this safe, and a
     # tick that died after storing its cursor cannot lose a batch.
-    still_pending = [p for p in dict.fromkeys(pending) if not _has_run(instance, p)]
+    still_pending = [p for p in dict.fromkeys(pending) if not has_run(instance, p)]
     for name in still_pending:
         result.run_requests.append(
             dg.RunRequest(
@@ -128,7 +128,7 @@ def evaluate_tick(
     return result
 
 
-def _put_listing(s3: Any, bucket: str, listing: mf.BatchListing, conditional: bool) -> None:
+def put_listing(s3: Any, bucket: str, listing: mf.BatchListing, conditional: bool) -> None:
     import botocore.exceptions
 
     body = listing.model_dump_json(indent=1).encode()

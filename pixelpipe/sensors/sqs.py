@@ -303,16 +303,6 @@ def make_listing(group: list[cur.ObjectInfo], bucket: str, prefix: str) -> mf.Ba
     )
 
 
-def put_listing(s3: Any, bucket: str, listing: mf.BatchListing, conditional: bool) -> None:
-    """Thin wrapper: the polling sensor's writer (If-None-Match when the server honours it)."""
-    ri._put_listing(s3, bucket, listing, conditional)
-
-
-def has_run(instance: dg.DagsterInstance, partition: str) -> bool:
-    """Thin wrapper: the polling sensor's check, so both modes agree on 'this batch has a run'."""
-    return ri._has_run(instance, partition)
-
-
 def _events(
     messages: list[dict[str, Any]], s3: Any, settings: Settings, result: SqsTickResult
 ) -> tuple[list[S3Event], list[dict[str, Any]]]:
@@ -364,13 +354,13 @@ def _record(
         objects = [e.obj for e in fresh]
         for group in cur.batches(objects, settings.ingest_batch_size):
             listing = make_listing(group, settings.raw_bucket, settings.raw_prefix)
-            put_listing(s3, settings.artifacts_bucket, listing, conditional)
+            ri.put_listing(s3, settings.artifacts_bucket, listing, conditional)
             result.new_partitions.append(listing.partition)
     for event in fresh:
         state.remember(event)
     pending = list(dict.fromkeys([*state.pending, *result.new_partitions]))
     # Re-request batches whose run does not exist yet: run_key makes this safe.
-    state.pending = [p for p in pending if not has_run(instance, p)]
+    state.pending = [p for p in pending if not ri.has_run(instance, p)]
     instance.run_storage.set_cursor_values({key: state.to_json()})
 
 

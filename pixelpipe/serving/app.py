@@ -214,13 +214,9 @@ def json_schemas() -> dict[str, dict[str, Any]]:
 
 def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
     """Regenerate schemas/serving/*.schema.json (committed; a test fails when they drift)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, schema in json_schemas().items():
-        path = directory / f"{name}.schema.json"
-        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
-        paths.append(path)
-    return paths
+    from pixelpipe.schema_files import write_schema_files
+
+    return write_schema_files(json_schemas(), directory)
 
 
 # --- errors ---------------------------------------------------------------------------------
