@@ -113,8 +113,8 @@ def upload(
         f"uploaded {report.count} objects, {report.bytes / 1e6:.1f} MB in {report.seconds:.1f}s"
     )
     if report.failures:
-        for key, reason in report.failures:
-            typer.secho(f"failed {key}: {reason}", fg="red", err=True)
+        for failed in report.failures:
+            typer.secho(f"failed {failed.key}: {failed.reason}", fg="red", err=True)
         raise typer.Exit(1)
 
 
@@ -129,9 +129,24 @@ def poll(
 
     settings = _settings()
     outcomes = run_poll(
-        settings, prefix or settings.raw_prefix, once=once, interval=interval, echo=typer.echo
+        settings,
+        prefix or settings.raw_prefix,
+        once=once,
+        interval=interval,
+        echo=typer.echo,
+        progress=True,
     )
     if any(not o.success for o in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command()
+def rerun(partition: str = typer.Argument(..., help="batch partition (b-<time>-<digest>)")) -> None:
+    """Run one batch partition again in-process (e.g. one reported failed after its retries)."""
+    from pixelpipe.pipeline import rerun as run_again
+
+    outcome = run_again(_settings(), partition, echo=typer.echo)
+    if not outcome.success:
         raise typer.Exit(1)
 
 

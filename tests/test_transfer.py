@@ -16,7 +16,9 @@ from botocore.config import Config
 from conftest import Stack
 
 from pixelpipe.bench.transfer import run_bench, summarize
-from pixelpipe.storage.transfer import _GetSigner, download_keys, download_many, upload_many
+from pixelpipe.storage.http1 import host_header
+from pixelpipe.storage.sigv4 import GetSigner
+from pixelpipe.storage.transfer import Failed, Want, download_keys, download_many, upload_many
 
 
 def payload(i: int) -> bytes:
@@ -62,7 +64,7 @@ def test_worker_processes_stage_the_same_files(s3: Any, bucket: str, tmp_path: P
     put_all(s3, bucket, objects)
     items = [(key, tmp_path / key) for key in objects] + [("p/none.jpg", tmp_path / "none")]
     report = download_many(lambda: s3, bucket, items, concurrency=4, processes=2, checksum=True)
-    assert report.failures == [("p/none.jpg", "NoSuchKey (HTTP 404)")]
+    assert report.failures == [Failed("p/none.jpg", "NoSuchKey (HTTP 404)", "gone")]
     assert sorted(r.key for r in report.results) == sorted(objects)
     for result in report.results:
         assert result.path.read_bytes() == objects[result.key]
@@ -82,8 +84,10 @@ def test_missing_object_fails_alone_and_leaves_no_file(
     ]
     report = download_many(lambda: s3, bucket, items, concurrency=2)
     assert [r.key for r in report.results] == ["a.jpg"]
-    assert dict(report.failures)["missing.jpg"] == "NoSuchKey (HTTP 404)"
-    assert dict(report.failures)["c.jpg"].startswith("cannot create")
+    failed = {f.key: f for f in report.failures}
+    assert failed["missing.jpg"] == Failed("missing.jpg", "NoSuchKey (HTTP 404)", "gone")
+    # the local disk is not the object's fault, and is not retried as if it were the network
+    assert failed["c.jpg"].reason.startswith("cannot create") and failed["c.jpg"].kind == "local"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "blocker"]
 
 
@@ -95,7 +99,8 @@ def test_download_keys_turns_unsafe_keys_into_failures(
     keys = ["in/ok/a b+é.jpg", "in/../../etc/passwd", "in/a//x.jpg", "in/a\x00.jpg", "other/x.jpg"]
     report = download_keys(lambda: s3, bucket, keys, root, concurrency=4, prefix="in")
     assert [r.path for r in report.results] == [root.resolve() / "ok" / "a b+é.jpg"]
-    reasons = dict(report.failures)
+    reasons = {f.key: f.reason for f in report.failures}
+    assert all(f.kind == "unsafe" for f in report.failures)
     assert reasons["in/../../etc/passwd"] == "unsafe key: '..' segment"
     assert reasons["in/a//x.jpg"] == "unsafe key: empty segment ('//')"
     assert reasons["in/a\x00.jpg"] == "unsafe key: NUL or control character"
@@ -150,7 +155,7 @@ def test_upload_sets_content_type_and_refuses_bad_input(
     assert (
         s3.head_object(Bucket=bucket, Key="x/a.data")["ContentType"] == "application/octet-stream"
     )
-    reasons = dict(report.failures)
+    reasons = {f.key: f.reason for f in report.failures}
     assert reasons["/abs"] == "unsafe key: absolute path"
     assert reasons["x/g.jpg"].startswith("cannot read")
     fixed = upload_many(lambda: s3, bucket, [(jpg, "y/a.bin")], content_type="image/png")
@@ -181,7 +186,7 @@ def test_clients_signing_either_way_round_trip(
 
 def test_local_signer_is_used_for_the_stack_client(s3: Any, bucket: str) -> None:
     """The fast path stays on: it is only taken when it reproduces botocore's signatures."""
-    assert _GetSigner.build(s3, bucket) is not None
+    assert GetSigner.build(s3, bucket) is not None
 
 
 def test_wrong_credentials_fail_every_object_with_the_reason(
@@ -190,7 +195,8 @@ def test_wrong_credentials_fail_every_object_with_the_reason(
     bad = stack.client(secret_key="not-the-secret")
     report = download_many(lambda: bad, bucket, [("a.jpg", tmp_path / "a.jpg")])
     assert report.count == 0
-    assert report.failures[0][1] in {
+    assert report.failures[0].kind == "error"  # auth is the infrastructure's fault, not the image's
+    assert report.failures[0].reason in {
         "SignatureDoesNotMatch (HTTP 403)",
         "AccessDenied (HTTP 403)",
     }
@@ -279,14 +285,59 @@ def test_http_client_survives_awkward_servers(tmp_path: Path) -> None:
             aws_access_key_id="k",
             aws_secret_access_key="s",
             region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         )
         names = ["drop.bin", "after-drop.bin", "chunked.bin", "slow.bin", "unsized.bin", "z.bin"]
         items = [(name, tmp_path / name) for name in names]
         report = download_many(lambda: client, "b", items, concurrency=1)
     finally:
         server.shutdown()
-    assert report.failures == []
+    # a body with neither a length nor chunks could have been cut short: never saved as whole
+    (unsized,) = report.failures
+    assert unsized.key == "unsized.bin" and "without Content-Length" in unsized.reason
+    assert unsized.kind == "error" and not (tmp_path / "unsized.bin").exists()
     for name in names:
-        assert (tmp_path / name).read_bytes() == f"body of {name}".encode() * 100
+        if name != "unsized.bin":
+            assert (tmp_path / name).read_bytes() == f"body of {name}".encode() * 100
     assert _AwkwardS3.hits["slow.bin"] == 2
+
+
+def test_pinned_downloads_refuse_objects_changed_or_gone_since_listing(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """A listing pins ETag and size; what S3 holds now must be exactly that object."""
+    for key in ("same.jpg", "changed.jpg", "deleted.jpg"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"as listed")
+    listed = {k: s3.head_object(Bucket=bucket, Key=k) for k in ("same.jpg", "changed.jpg")}
+    s3.put_object(Bucket=bucket, Key="changed.jpg", Body=b"overwritten after the listing")
+    s3.delete_object(Bucket=bucket, Key="deleted.jpg")
+    wants = [
+        Want(k, tmp_path / k, head["ETag"].strip('"'), head["ContentLength"])
+        for k, head in listed.items()
+    ]
+    wants.append(Want("deleted.jpg", tmp_path / "deleted.jpg", "0" * 32, 9))
+    report = download_many(lambda: s3, bucket, wants, checksum=True)
+    assert [r.key for r in report.results] == ["same.jpg"]
+    failed = {f.key: f for f in report.failures}
+    assert failed["changed.jpg"].kind == "changed"
+    assert failed["changed.jpg"].reason.startswith("changed since listed")
+    assert failed["deleted.jpg"].kind == "gone"
+    assert failed["deleted.jpg"].reason == "gone since listed: NoSuchKey (HTTP 404)"
+    assert all(f.item_fault for f in report.failures)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.jpg"]
+
+
+def test_upload_with_if_none_match_never_overwrites(s3: Any, bucket: str, tmp_path: Path) -> None:
+    first, second = tmp_path / "1.jpg", tmp_path / "2.jpg"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    a = upload_many(lambda: s3, bucket, [(first, "k.jpg")], if_none_match=True)
+    b = upload_many(lambda: s3, bucket, [(second, "k.jpg")], if_none_match=True)
+    assert (a.count, a.existed, b.count, b.existed) == (1, 0, 1, 1)
+    assert s3.get_object(Bucket=bucket, Key="k.jpg")["Body"].read() == b"first"
+
+
+def test_host_header_is_the_signed_host() -> None:
+    """Signers drop a default port from Host; the request must send the same Host."""
+    assert host_header("https://s3.example.com:443") == "s3.example.com"
+    assert host_header("http://127.0.0.1:8333") == "127.0.0.1:8333"

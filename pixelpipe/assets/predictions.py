@@ -6,12 +6,12 @@ import time
 import dagster as dg
 
 from pixelpipe import manifests as mf
+from pixelpipe.assets.partitions import raw_batches_partitions
 from pixelpipe.assets.stage2 import normalized_images
 from pixelpipe.assets.training import trained_model
 from pixelpipe.io_managers.staging import cleanup_run
 from pixelpipe.resources.mlflow import MlflowResource
 from pixelpipe.resources.s3 import S3Resource
-from pixelpipe.sensors.raw_images import raw_batches_partitions
 from pixelpipe.settings import get_settings
 from pixelpipe.storage.keys import key_to_path
 from pixelpipe.storage.transfer import download_many
@@ -99,7 +99,9 @@ def batch_predictions(
                 uri=f"s3://{settings.artifacts_bucket}/{key}", format=fmt, images=len(records)
             )
         )
-    failures = [mf.Failure(source_uri=f"s3://{bucket}/{k}", reason=r) for k, r in report.failures]
+    failures = [
+        mf.Failure(source_uri=f"s3://{bucket}/{f.key}", reason=f.reason) for f in report.failures
+    ]
     failures += [
         mf.Failure(source_uri=f"s3://{bucket}/{r['path']}", reason=r["error"])
         for r in records

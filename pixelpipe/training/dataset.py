@@ -283,7 +283,7 @@ def _download(settings: Settings, bucket: str, missing: list[Sample]) -> None:
         concurrency=settings.s3_max_concurrency,
     )
     if report.failures:
-        shown = "; ".join(f"{k}: {why}" for k, why in report.failures[:3])
+        shown = "; ".join(f"{f.key}: {f.reason}" for f in report.failures[:3])
         raise DatasetError(
             f"{len(report.failures)} of {len(missing)} images failed to download from "
             f"s3://{bucket} ({shown})"
