@@ -13,6 +13,7 @@ warnings.filterwarnings("ignore", message="Found asset job named")
 import dagster as dg  # noqa: E402
 
 from pixelpipe.assets import annotations, predictions, stage1, stage2, training  # noqa: E402
+from pixelpipe.assets.partitions import raw_batches_partitions  # noqa: E402
 from pixelpipe.io_managers.staging import NvmeStagingIOManager  # noqa: E402
 from pixelpipe.resources.mlflow import MlflowResource  # noqa: E402
 from pixelpipe.resources.s3 import S3Resource  # noqa: E402
@@ -33,7 +34,7 @@ def build_ingest_job() -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         "ingest_job",
         selection=dg.AssetSelection.assets(*INGEST_ASSETS),
-        partitions_def=stage1.raw_batches_partitions,
+        partitions_def=raw_batches_partitions,
         executor_def=dg.in_process_executor,
     )
 
@@ -56,6 +57,7 @@ def resources_for(settings: Settings) -> dict[str, object]:
         "staging_io_manager": NvmeStagingIOManager(
             s3=s3,
             nvme_root=str(settings.nvme_root.resolve()),
+            raw_bucket=settings.raw_bucket,
             artifacts_bucket=settings.artifacts_bucket,
             augmented_bucket=settings.augmented_bucket,
             normalized_bucket=settings.normalized_bucket,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +79,7 @@ class Stage1Item(_Model):
 
     source_uri: str
     source_key: str
+    source_sha256: str = Field("", description="sha256 of the raw object's bytes as staged")
     output_uri: str
     sha256: str
     width: int
@@ -97,6 +98,7 @@ class Stage2Item(_Model):
 
     source_uri: str
     source_key: str = Field(description="the raw object key this image descends from")
+    source_sha256: str = Field("", description="sha256 of that raw object's bytes")
     variant_name: str
     width: int
     height: int
@@ -225,56 +227,115 @@ def manifest_prefix(asset: str, partition: str) -> str:
     return f"{MANIFEST_ROOT}/{asset}/{partition}"
 
 
-def probe_conditional_writes(s3: Any, bucket: str) -> bool:
-    """True when the server refuses a second `If-None-Match: *` put of the same key."""
+CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+
+
+def _error_code(exc: Exception) -> str:
+    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def _put_new(s3: Any, bucket: str, key: str, body: bytes) -> bool:
+    """Put `key` unless it exists (If-None-Match); False when it was already there."""
     import botocore.exceptions
 
-    key = f"{MANIFEST_ROOT}/_probe/{uuid.uuid4().hex}"
-    try:
-        s3.put_object(Bucket=bucket, Key=key, Body=b"1", IfNoneMatch="*")
+    for _ in range(5):
         try:
-            s3.put_object(Bucket=bucket, Key=key, Body=b"2", IfNoneMatch="*")
+            s3.put_object(
+                Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json"
+            )
+            return True
         except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            return code in {"PreconditionFailed", "ConditionalRequestConflict", "412"}
-        return False
-    except botocore.exceptions.ClientError:
-        return False
-    finally:
-        s3.delete_object(Bucket=bucket, Key=key)
+            code = _error_code(exc)
+            if code in {"PreconditionFailed", "412"}:
+                return False
+            if code not in {"ConditionalRequestConflict", "409"}:
+                raise
+            time.sleep(0.2)  # another identical write is in flight: ask again
+    return False
 
 
-def write_manifest(s3: Any, bucket: str, manifest: Any, *, conditional: bool) -> tuple[str, bool]:
+def write_manifest(
+    s3: Any, bucket: str, manifest: Any, *, conditional: bool, run_started: float | None = None
+) -> tuple[str, bool]:
     """Write a manifest that is never rewritten in place; return (s3 uri, newly_written).
 
     With conditional writes the key is content-addressed and put with If-None-Match, so a
     re-run that produced the same outputs finds the first run's manifest and keeps it.
-    Without them, each run writes its own key. Either way `latest.json` then points at it.
+    Without them, each run writes its own key. Then `latest.json` moves to it, unless a run
+    that started later already put its own manifest there (`advance_latest`).
     """
-    import botocore.exceptions
-
     prefix = manifest_prefix(manifest.asset, manifest.partition)
     body = manifest.model_dump_json(indent=1).encode()
     written = True
     if conditional:
         key = f"{prefix}/manifest-{content_digest(manifest)[:16]}.json"
-        try:
-            s3.put_object(
-                Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json"
-            )
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in {"PreconditionFailed", "412"}:
-                raise
-            written = False
+        written = _put_new(s3, bucket, key, body)
     else:
         key = f"{prefix}/runs/{manifest.run_id}.json"
         s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
     uri = f"s3://{bucket}/{key}"
-    pointer = json.dumps({"manifest_uri": uri, "run_id": manifest.run_id}).encode()
-    s3.put_object(
-        Bucket=bucket, Key=f"{prefix}/latest.json", Body=pointer, ContentType="application/json"
-    )
+    started = time.time() if run_started is None else run_started
+    advance_latest(s3, bucket, prefix, uri, manifest.run_id, started, conditional=conditional)
     return uri, written
+
+
+def _read_pointer(s3: Any, bucket: str, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    import botocore.exceptions
+
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError as exc:
+        if _error_code(exc) in {"NoSuchKey", "404"}:
+            return None, None
+        raise
+    return json.loads(response["Body"].read()), response.get("ETag")
+
+
+def advance_latest(
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    uri: str,
+    run_id: str,
+    run_started: float,
+    *,
+    conditional: bool,
+) -> bool:
+    """Point `<prefix>/latest.json` at `uri` unless a run that started later is there already.
+
+    latest.json only moves forward: the run started last wins, whichever finishes last. With
+    conditional writes the put carries If-Match on the ETag just read (If-None-Match when there
+    is none), so two runs racing cannot both win; without them the rule still holds but two
+    writes within the same instant may race. Returns True when the pointer moved.
+    """
+    import botocore.exceptions
+
+    key = f"{prefix}/latest.json"
+    mine = (run_started, run_id)
+    pointer = json.dumps({"manifest_uri": uri, "run_id": run_id, "run_started": run_started})
+    for _ in range(10):
+        current, etag = _read_pointer(s3, bucket, key)
+        if current is not None:
+            theirs = (float(current.get("run_started") or 0.0), str(current.get("run_id", "")))
+            if theirs >= mine:
+                return False
+        extra: dict[str, str] = {}
+        if conditional:
+            extra = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            s3.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=pointer.encode(),
+                ContentType="application/json",
+                **extra,
+            )
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if _error_code(exc) not in CONFLICT_CODES:
+                raise
+            time.sleep(0.1)  # someone else moved it: read again and decide again
+    raise RuntimeError(f"s3://{bucket}/{key} kept changing under concurrent writers")
 
 
 def split_uri(uri: str) -> tuple[str, str]:

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     ingest_lookback_seconds: int = Field(
         3600, ge=0, le=7 * 86400, description="how late an object may become visible"
     )
+    run_retries: int = Field(
+        3, ge=0, le=20, description="retries of a failed batch run before it is reported failed"
+    )
     # staging
     nvme_root: Path = Field(Path(".pixelpipe/nvme"), description="local staging root")
     nvme_keep: bool = Field(False, description="keep staged files after the run")

@@ -13,7 +13,7 @@ from pixelpipe.datagen import generate
 from pixelpipe.definitions import build_definitions
 from pixelpipe.pipeline import INGEST_JOB, instance_for
 from pixelpipe.resources.s3 import S3Resource
-from pixelpipe.sensors.raw_images import raw_batches_partitions
+from pixelpipe.assets.partitions import raw_batches_partitions
 from pixelpipe.settings import Settings
 from pixelpipe.uploads import upload_dataset
 

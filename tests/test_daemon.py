@@ -22,6 +22,10 @@ def test_daemon_runs_the_sensor_and_completes_a_batch(settings: Settings, tmp_pa
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # Create the instance's storage before the daemon and its code server start together:
+    # two processes migrating a fresh sqlite store at once can leave it with two heads.
+    instance = dg.DagsterInstance.from_config(str(home))
+    instance.get_runs_count()
     prefix = unique_prefix(settings, "daemon")
     env = {
         **os.environ,
@@ -40,7 +44,6 @@ def test_daemon_runs_the_sensor_and_completes_a_batch(settings: Settings, tmp_pa
     )
     try:
         upload_sample(settings, tmp_path, prefix, count=2)
-        instance = dg.DagsterInstance.from_config(str(home))
         deadline = time.monotonic() + DEADLINE_SECONDS
         status = None
         while time.monotonic() < deadline and daemon.poll() is None:

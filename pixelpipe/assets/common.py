@@ -1,14 +1,15 @@
 """Helpers shared by the stage assets: config snapshot, checks of written manifests."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import botocore.exceptions
 import dagster as dg
 
 from pixelpipe import manifests as mf
-from pixelpipe.storage.keys import relative_key
+from pixelpipe.io_managers.staging import run_manifest_uri
+from pixelpipe.storage.keys import bounded_stem, relative_key
 
 RAW_BOXES_KEY = "annotations/raw_boxes.json"
 CHECK_NAMES = ("manifest_valid", "outputs_exist", "counts_add_up")
@@ -31,22 +32,21 @@ def load_raw_boxes(s3: Any, artifacts_bucket: str) -> dict[str, list[dict[str, A
 
 
 def output_stem(partition: str, source_key: str, prefix: str) -> str:
-    """<partition>/<key under the batch prefix, without extension>."""
+    """<partition>/<key under the batch prefix>, extension kept (so cat.jpg and cat.png never
+    share outputs), over-long parts shortened with a hash (pixelpipe.storage.keys)."""
     rel = relative_key(source_key, prefix) if prefix else source_key
-    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
-    return f"{partition}/{stem}"
+    return f"{partition}/{bounded_stem(rel)}"
 
 
 def manifest_check_results(
     s3: Any,
-    bucket: str,
+    uri: str | None,
     asset: str,
     partition: str,
     schema: str,
     extra: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, tuple[bool, dict[str, Any]]]:
-    """Blocking-check outcomes: the manifest validates, every output exists, counts add up."""
-    uri = mf.latest_manifest_uri(s3, bucket, asset, partition)
+    """Check outcomes for one manifest: it validates, every output exists, counts add up."""
     if uri is None:
         missing = (False, {"reason": f"no {asset} manifest for {partition}"})
         return dict.fromkeys(CHECK_NAMES, missing)
@@ -72,30 +72,40 @@ def build_manifest_checks(
     schema: str,
     extra: Callable[[dict[str, Any]], bool] | None = None,
 ) -> list[dg.AssetChecksDefinition]:
-    """One blocking, partitioned asset check per CHECK_NAMES entry for `asset`."""
+    """The CHECK_NAMES checks of `asset`, blocking and partitioned, from one read of the manifest
+    this run wrote (not whatever a concurrent run made latest)."""
     from pixelpipe.resources.s3 import S3Resource
     from pixelpipe.settings import get_settings
 
     name = asset.key.path[-1]
-
-    def make(check_name: str) -> dg.AssetChecksDefinition:
-        @dg.asset_check(
+    specs = [
+        dg.AssetCheckSpec(
+            check_name,
             asset=asset,
-            name=check_name,
             blocking=True,
             partitions_def=asset.partitions_def,
             description=CHECK_DESCRIPTIONS[check_name],
         )
-        def _check(context: dg.AssetCheckExecutionContext, s3: S3Resource) -> dg.AssetCheckResult:
-            results = manifest_check_results(
-                s3.client(), bucket_of(get_settings()), name, context.partition_key, schema, extra
-            )
+        for check_name in CHECK_NAMES
+    ]
+
+    @dg.multi_asset_check(specs=specs, name=f"{name}_manifest_checks")
+    def _checks(
+        context: dg.AssetCheckExecutionContext, s3: S3Resource
+    ) -> Iterator[dg.AssetCheckResult]:
+        client = s3.client()
+        partition = context.partition_key
+        uri = run_manifest_uri(context.instance, context.run.run_id, name)
+        if uri is None:
+            uri = mf.latest_manifest_uri(client, bucket_of(get_settings()), name, partition)
+        results = manifest_check_results(client, uri, name, partition, schema, extra)
+        for check_name in CHECK_NAMES:
             passed, metadata = results[check_name]
-            return dg.AssetCheckResult(passed=passed, metadata=metadata)
+            yield dg.AssetCheckResult(
+                asset_key=asset.key, check_name=check_name, passed=passed, metadata=metadata
+            )
 
-        return _check
-
-    return [make(n) for n in CHECK_NAMES]
+    return [_checks]
 
 
 def missing_objects(s3: Any, uris: list[str]) -> list[str]:

@@ -7,12 +7,14 @@ import dagster as dg
 
 from pixelpipe import manifests as mf
 from pixelpipe.assets.common import build_manifest_checks, load_raw_boxes, output_stem
+from pixelpipe.assets.partitions import raw_batches_partitions
 from pixelpipe.imaging import augment as aug
 from pixelpipe.imaging.stage1 import Stage1Task, run_tasks
-from pixelpipe.io_managers.staging import StagedBatch, StagedOutput, batch_listing_key
+from pixelpipe.io_managers.staging import StagedBatch, StagedOutput
 from pixelpipe.resources.s3 import S3Resource
-from pixelpipe.sensors.raw_images import raw_batches_partitions
 from pixelpipe.settings import get_settings
+from pixelpipe.storage.keys import UnsafeKeyError
+from pixelpipe.storage.layout import batch_listing_key
 
 
 @dg.asset(
@@ -53,26 +55,34 @@ def augmented_images(
     digest = aug.spec_digest(spec)
     prefix = batch.listing.prefix if batch.listing else ""
     raw_boxes = load_raw_boxes(s3.client(), settings.artifacts_bucket)
-    tasks = [
-        Stage1Task(
-            source_key=f.source_key,
-            local_path=str(f.local_path),
-            out_dir=str(batch.output_dir),
-            out_stem=output_stem(batch.partition, f.source_key, prefix),
-            copies=settings.augment_copies,
-            spec=spec,
-            spec_digest=digest,
-            boxes=raw_boxes.get(f.source_key, []),  # type: ignore[arg-type]
-            quality=settings.jpeg_quality,
+    failures = list(batch.failures)
+    tasks = []
+    # Output names are planned (and bounded) before any work: a key that cannot have one
+    # fails alone here instead of failing the whole upload later.
+    for f in batch.files:
+        try:
+            stem = output_stem(batch.partition, f.source_key, prefix)
+        except UnsafeKeyError as exc:
+            failures.append(mf.Failure(source_uri=f.source_uri, reason=str(exc)))
+            continue
+        tasks.append(
+            Stage1Task(
+                source_key=f.source_key,
+                local_path=str(f.local_path),
+                out_dir=str(batch.output_dir),
+                out_stem=stem,
+                copies=settings.augment_copies,
+                spec=spec,
+                spec_digest=digest,
+                boxes=raw_boxes.get(f.source_key, []),  # type: ignore[arg-type]
+                quality=settings.jpeg_quality,
+            )
         )
-        for f in batch.files
-    ]
     started = time.perf_counter()
     results = run_tasks(tasks, settings.worker_count)
     compute = time.perf_counter() - started
     by_key = {f.source_key: f for f in batch.files}
     items: list[mf.Stage1Item] = []
-    failures = list(batch.failures)
     uploads: list[tuple[str, str]] = []
     for result in results:
         source = by_key[result.source_key]
@@ -86,6 +96,7 @@ def augmented_images(
                 mf.Stage1Item(
                     source_uri=source.source_uri,
                     source_key=source.source_key,
+                    source_sha256=source.sha256,
                     output_uri=f"s3://{settings.augmented_bucket}/{key}",
                     sha256=it["sha256"],
                     width=it["width"],

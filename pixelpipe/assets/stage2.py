@@ -8,9 +8,9 @@ import dagster as dg
 
 from pixelpipe import manifests as mf
 from pixelpipe.assets.common import build_manifest_checks
+from pixelpipe.assets.partitions import raw_batches_partitions
 from pixelpipe.imaging.stage2 import Stage2Input, run_stage2
 from pixelpipe.io_managers.staging import StagedBatch, StagedOutput
-from pixelpipe.sensors.raw_images import raw_batches_partitions
 from pixelpipe.settings import get_settings
 
 
@@ -37,6 +37,7 @@ def normalized_images(
         for f in batch.files
     ]
     raw_key = {f.source_uri: (f.item or {}).get("source_key", f.source_key) for f in batch.files}
+    raw_sha = {f.source_uri: (f.item or {}).get("source_sha256", "") for f in batch.files}
     started = time.perf_counter()
     results = run_stage2(
         inputs,
@@ -60,6 +61,7 @@ def normalized_images(
         item = mf.Stage2Item(
             source_uri=r.source_uri,
             source_key=raw_key[r.source_uri],
+            source_sha256=raw_sha[r.source_uri],
             variant_name=r.variant_name or "",
             width=r.width,
             height=r.height,

@@ -23,6 +23,31 @@ GRPC_OFFSET = 10000  # SeaweedFS puts each gRPC port at HTTP port + 10000
 PORT_RANGE = (20000, 44000)  # keeps port + 10000 below 55000
 S3_SERVICES = ("s3", "master", "volume", "filer", "admin")
 STATE_FILE = "stack.json"
+PORTS_FILE = "ports.json"  # kept across restarts: clients of a restarted stack keep working
+# The instance the daemon and `dagster dev` use on the devstack: one run per batch partition at a
+# time, Dagster's run retries for failed batches (RUN_RETRIES is the per-run limit, sent as the
+# dagster/max_retries tag), and run monitoring for runs whose process died.
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: pixelpipe/batch
+        value: {applyLimitPerUniqueValue: true}
+        limit: 1
+run_retries:
+  enabled: true
+  max_retries: 3
+  retry_on_asset_or_op_failure: true
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  poll_interval_seconds: 30
+"""
 
 
 class StackError(RuntimeError):
@@ -208,21 +233,39 @@ class DevStack:
             self._ensure_buckets(running)
             return running
         self.down()  # one half may be alive: stop it so ports and files are ours again
+        ports = self._saved_ports()
         for sub in ("s3", "mlflow", "logs", "dagster", "nvme"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._write_dagster_yaml()
         access, secret = self._credentials()
-        s3_pid, s3_port = self._start_s3(access, secret, timeout)
+        s3_pid, s3_ports = self._start_s3(access, secret, timeout, ports.get("s3"))
         try:
-            info = StackInfo(self.root, s3_port, 0, access, secret, s3_pid, 0)
+            info = StackInfo(self.root, s3_ports["s3"], 0, access, secret, s3_pid, 0)
             self._ensure_buckets(info)
-            info.mlflow_pid, info.mlflow_port = self._start_mlflow(info, timeout)
+            mlflow = self._start_mlflow(info, timeout, ports.get("mlflow"))
+            info.mlflow_pid, info.mlflow_port = mlflow
         except BaseException:
             _stop_pid(s3_pid, signal.SIGINT)
             raise
         state = {k: v for k, v in info.__dict__.items() if k != "dir"}
         self.state_path.write_text(json.dumps(state, indent=2))
+        saved = {"s3": s3_ports, "mlflow": info.mlflow_port}
+        (self.root / PORTS_FILE).write_text(json.dumps(saved))
         return info
+
+    def _saved_ports(self) -> dict[str, object]:
+        """The ports of the last start, if they are all free again (else {}: pick new ones)."""
+        path = self.root / PORTS_FILE
+        if not path.exists():
+            return {}
+        saved = json.loads(path.read_text())
+        s3 = dict(saved.get("s3") or {})
+        wanted = [*s3.values(), *(p + GRPC_OFFSET for p in s3.values()), saved.get("mlflow")]
+        if set(s3) != set(S3_SERVICES) or not all(
+            isinstance(p, int) and _port_free(p) for p in wanted
+        ):
+            return {}
+        return saved
 
     def down(self) -> list[int]:
         """Stop exactly the processes this directory started; return their PIDs."""
@@ -255,7 +298,9 @@ class DevStack:
         }
 
     # --- servers ---------------------------------------------------------------------------
-    def _start_s3(self, access: str, secret: str, timeout: float) -> tuple[int, int]:
+    def _start_s3(
+        self, access: str, secret: str, timeout: float, saved: object = None
+    ) -> tuple[int, dict[str, int]]:
         data = self.root / "s3" / "data"
         data.mkdir(parents=True, exist_ok=True)
         # weed mini saves its flags in mini.options and prefers them on the next start;
@@ -269,7 +314,9 @@ class DevStack:
         }
         config.write_text(json.dumps({"identities": [identity]}))
         config.chmod(0o600)
-        ports = dict(zip(S3_SERVICES, pick_ports(len(S3_SERVICES), grpc=True), strict=True))
+        ports = dict(saved) if isinstance(saved, dict) else {}
+        if not ports:
+            ports = dict(zip(S3_SERVICES, pick_ports(len(S3_SERVICES), grpc=True), strict=True))
         cmd = [
             _bin("weed"), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
             f"-s3.config={config}", "-master.telemetry=false", "-webdav=false",
@@ -281,10 +328,12 @@ class DevStack:
             cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
         )
         _wait_http(f"http://{HOST}:{ports['s3']}/", timeout, proc.pid, log)
-        return proc.pid, ports["s3"]
+        return proc.pid, ports
 
-    def _start_mlflow(self, info: StackInfo, timeout: float) -> tuple[int, int]:
-        (port,) = pick_ports(1, grpc=False)
+    def _start_mlflow(
+        self, info: StackInfo, timeout: float, saved: object = None
+    ) -> tuple[int, int]:
+        (port,) = [saved] if isinstance(saved, int) else pick_ports(1, grpc=False)
         db = self.root / "mlflow" / "mlflow.db"
         cmd = [
             _bin("mlflow"), "server", "--host", HOST, "--port", str(port), "-w", "1",
@@ -316,9 +365,7 @@ class DevStack:
         ensure_buckets(client, bucket_names(self.settings))
 
     def _write_dagster_yaml(self) -> None:
-        path = self.root / "dagster" / "dagster.yaml"
-        if not path.exists():
-            path.write_text("telemetry:\n  enabled: false\n")
+        (self.root / "dagster" / "dagster.yaml").write_text(DAGSTER_YAML)
 
 
 def bucket_names(settings: Settings) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -16,9 +15,11 @@ from typing import Literal, Protocol, TypeVar
 
 from pixelpipe.imaging import resize_dali
 from pixelpipe.imaging.decode import ImageError
+from pixelpipe.imaging.files import write_atomic
 from pixelpipe.imaging.geometry import Geometry
 from pixelpipe.imaging.resize_cpu import VariantOutput, VariantOutputs, process_files
 from pixelpipe.imaging.variants import Variant
+from pixelpipe.storage.keys import content_key
 
 BackendName = Literal["auto", "cpu", "dali", "dali-cpu", "dali-gpu"]
 BACKEND_NAMES: tuple[str, ...] = ("auto", "cpu", "dali", "dali-cpu", "dali-gpu")
@@ -84,17 +85,20 @@ class ResizeBackend(Protocol):
 
 
 def write_outputs(outputs: VariantOutputs, rel_key: str, out_dir: Path) -> list[WrittenVariant]:
-    """Write each variant to out_dir/<variant>/<rel_key> (atomically) and describe it."""
+    """Write each variant to out_dir/<variant>/<rel_key stem>-<digest>.jpg (atomically, named by
+    its bytes so no later run can overwrite it with others) and describe it."""
     written = []
+    stem = rel_key.removesuffix(".jpg")
     for out in outputs.outputs:
-        rel_path = f"{out.variant.name}/{rel_key}"
+        sha256 = hashlib.sha256(out.jpeg).hexdigest()
+        rel_path = content_key(f"{out.variant.name}/{stem}", sha256)
         start = time.perf_counter()
-        _write_atomic(out_dir / rel_path, out.jpeg)
+        write_atomic(out_dir / rel_path, out.jpeg)
         written.append(
             WrittenVariant(
                 variant_name=out.variant.name,
                 rel_path=rel_path,
-                sha256=hashlib.sha256(out.jpeg).hexdigest(),
+                sha256=sha256,
                 bytes=len(out.jpeg),
                 geometry=out.geometry,
                 render_seconds=out.seconds,
@@ -103,14 +107,6 @@ def write_outputs(outputs: VariantOutputs, rel_key: str, out_dir: Path) -> list[
             )
         )
     return written
-
-
-def _write_atomic(dest: Path, data: bytes) -> None:
-    # A reader (or a re-run) never sees a half-written JPEG under the final name.
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
 
 
 def _render_chunk(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -17,6 +16,8 @@ from typing import Any, TypedDict
 from pixelpipe.imaging.augment import augment, seed_for
 from pixelpipe.imaging.boxes import Box
 from pixelpipe.imaging.decode import ImageError, encode_jpeg, load_rgb
+from pixelpipe.imaging.files import WriteError, write_atomic
+from pixelpipe.storage.keys import content_key
 
 MAX_CHUNK = 16
 _CHUNKS_PER_WORKER = 4
@@ -24,7 +25,8 @@ _CHUNKS_PER_WORKER = 4
 
 @dataclass
 class Stage1Task:
-    """One source image to turn into `copies` augmented JPEGs under out_dir/out_stem__c<i>.jpg."""
+    """One source image to turn into `copies` augmented JPEGs under
+    out_dir/<out_stem>__c<i>-<digest>.jpg (out_stem planned and bounded by the caller)."""
 
     source_key: str
     local_path: str
@@ -69,10 +71,16 @@ class Stage1Result:
 
 
 def process_task(task: Stage1Task) -> Stage1Result:
-    """Run one task; a bad image becomes a result with a reason, never an exception."""
+    """Run one task; a bad image becomes a result with a reason, never an exception.
+
+    A local write that fails (WriteError: disk full, ...) is not the image's fault: it
+    propagates and fails the step.
+    """
     result = Stage1Result(source_key=task.source_key)
     try:
         _run(task, result)
+    except WriteError:
+        raise
     except ImageError as exc:
         result.items, result.reason = [], str(exc)
     except Exception as exc:  # one bad file must not stop the batch
@@ -93,15 +101,16 @@ def _run(task: Stage1Task, result: Stage1Result) -> None:
         data = encode_jpeg(sample.image, task.quality)
         now = time.perf_counter()
         result.encode_s, clock = result.encode_s + now - clock, now
-        rel_path = f"{task.out_stem}__c{index}.jpg"
-        _write_atomic(Path(task.out_dir) / rel_path, data)
+        sha256 = hashlib.sha256(data).hexdigest()
+        rel_path = content_key(f"{task.out_stem}__c{index}", sha256)
+        write_atomic(Path(task.out_dir) / rel_path, data)
         now = time.perf_counter()
         result.write_s, clock = result.write_s + now - clock, now
         height, width = sample.image.shape[:2]
         result.items.append(
             Stage1Item(
                 rel_path=rel_path,
-                sha256=hashlib.sha256(data).hexdigest(),
+                sha256=sha256,
                 bytes=len(data),
                 width=width,
                 height=height,
@@ -111,14 +120,6 @@ def _run(task: Stage1Task, result: Stage1Result) -> None:
                 boxes=sample.boxes,
             )
         )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary name so a killed worker never leaves a half JPEG under the real one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- pool

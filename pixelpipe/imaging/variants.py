@@ -14,6 +14,7 @@ _ITEM = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<w>\d+)x(?P<h>\d+)(?::(?P<mode>\w+))?$"
 )
 MAX_SIDE = 16384
+MAX_NAME = 64  # a variant name is the first segment of every stage-2 key
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def parse_sizes(text: str) -> list[Variant]:
         if not match:
             raise ValueError(f"expected {SIZES_FORMAT}; got {item!r}")
         name, width, height = match["name"], int(match["w"]), int(match["h"])
+        if len(name) > MAX_NAME:
+            raise ValueError(f"variant name {name[:20]!r}... is longer than {MAX_NAME} characters")
         mode = match["mode"] or "fit"
         if mode not in MODES:
             raise ValueError(f"{item!r} has mode {mode!r}; expected one of {', '.join(MODES)}")

@@ -3,123 +3,51 @@
 What passes between this IO manager and an asset is small: a `StagedBatch` (local input
 paths plus the upstream manifest items) in, a `StagedOutput` (local output files plus the new
 manifest) out. Pixels never travel through Dagster. The manifest is written last.
+
+Only an object's own fault becomes a per-item failure: an unsafe key, an object deleted or
+overwritten since it was listed, a stage-1 output whose bytes no longer match its manifest.
+Anything else (transport errors after retries, auth, a full or unwritable disk) raises
+`StageError`, which fails the step before any manifest is written, so the batch is retried.
 """
 
-import hashlib
 import json
 import logging
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from pixelpipe import manifests as mf
+from pixelpipe.io_managers.batches import (
+    StagedBatch,
+    StagedFile,
+    StagedOutput,
+    StageError,
+    cleanup_run,
+    describe_failures,
+    run_dirs,
+    sha256_file,
+)
 from pixelpipe.resources.s3 import S3Resource
-from pixelpipe.storage.keys import UnsafeKeyError, key_to_path
-from pixelpipe.storage.transfer import download_many, upload_many
+from pixelpipe.storage.conditional import conditional_writes
+from pixelpipe.storage.keys import UnsafeKeyError, check_key, key_to_path, staged_path
+from pixelpipe.storage.layout import batch_listing_key
+from pixelpipe.storage.transfer import Failed, TransferReport, Want, download_many, upload_many
 
 log = logging.getLogger("pixelpipe.staging")
-BATCHES_PREFIX = "batches"
 PATHS_PER_LOG_LINE = 200
 
-
-@dataclass
-class StagedFile:
-    """One input on local disk, with where it came from and its upstream manifest item."""
-
-    source_uri: str
-    source_key: str
-    local_path: Path
-    size: int
-    item: dict[str, Any] | None = None
-    reused_local: bool = False
-
-
-@dataclass
-class StagedBatch:
-    """A batch staged for one asset: local inputs, failures so far, stage-in cost."""
-
-    asset: str
-    partition: str
-    run_id: str
-    input_dir: Path
-    output_dir: Path
-    files: list[StagedFile]
-    failures: list[mf.Failure] = field(default_factory=list)
-    upstream_manifest_uri: str | None = None
-    listing: mf.BatchListing | None = None
-    stage_in_seconds: float = 0.0
-    stage_in_bytes: int = 0
-    downloaded: int = 0
-    reused_local: int = 0
-
-    def stats(self, outputs: int, failures: int, compute_seconds: float) -> mf.StageStats:
-        """The manifest stats of a stage that made `outputs` from this batch."""
-        return mf.StageStats(
-            inputs=len(self.files) + len(self.failures),
-            outputs=outputs,
-            failures=failures,
-            bytes_in=self.stage_in_bytes,
-            seconds_stage_in=self.stage_in_seconds,
-            seconds_compute=compute_seconds,
-            images_per_second=len(self.files) / compute_seconds if compute_seconds else 0.0,
-        )
-
-
-@dataclass
-class StagedOutput:
-    """What an asset made: files to upload into `bucket` and the manifest to write after them."""
-
-    bucket: str
-    output_dir: Path
-    uploads: list[tuple[str, str]]
-    manifest: mf.Stage1Manifest | mf.Stage2Manifest
-    schema: str
-    preview: list[dict[str, Any]] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def run_dirs(nvme_root: Path | str, run_id: str) -> list[Path]:
-    root = Path(nvme_root)
-    return [root / "input" / run_id, root / "output" / run_id]
-
-
-def cleanup_run(nvme_root: Path | str, run_id: str) -> list[Path]:
-    """Remove a run's staging directories; return those that existed."""
-    removed = []
-    for path in run_dirs(nvme_root, run_id):
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def batch_listing_key(partition: str) -> str:
-    return f"{BATCHES_PREFIX}/{partition}.json"
-
-
-_CONDITIONAL: dict[tuple[str | None, str], bool] = {}
-
-
-def conditional_writes(s3: Any, endpoint: str | None, bucket: str, mode: str) -> bool:
-    """on/off as configured; auto probes the server once per (endpoint, bucket)."""
-    if mode != "auto":
-        return mode == "on"
-    key = (endpoint, bucket)
-    if key not in _CONDITIONAL:
-        _CONDITIONAL[key] = mf.probe_conditional_writes(s3, bucket)
-    return _CONDITIONAL[key]
+__all__ = [
+    "NvmeStagingIOManager",
+    "StageError",
+    "StagedBatch",
+    "StagedFile",
+    "StagedOutput",
+    "cleanup_run",
+    "run_dirs",
+    "run_manifest_uri",
+]
 
 
 def log_paths(context: Any, event: str, paths: list[str], **fields: Any) -> None:
@@ -131,11 +59,28 @@ def log_paths(context: Any, event: str, paths: list[str], **fields: Any) -> None
         log.info(line)
 
 
+def _run_started(instance: dg.DagsterInstance, run_id: str) -> float:
+    """When the run was created: the order in which latest.json lets runs win."""
+    record = instance.get_run_record_by_id(run_id)
+    return record.create_timestamp.timestamp() if record else time.time()
+
+
+def run_manifest_uri(instance: dg.DagsterInstance, run_id: str, asset: str) -> str | None:
+    """The manifest `asset` wrote in run `run_id` (its materialization's metadata), if any."""
+    for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        event = entry.dagster_event
+        mat = event.event_specific_data.materialization if event else None
+        if mat is not None and mat.asset_key.path[-1] == asset and "manifest_uri" in mat.metadata:
+            return str(mat.metadata["manifest_uri"].value)
+    return None
+
+
 class NvmeStagingIOManager(dg.ConfigurableIOManager):
     """Stages a partition's objects onto local NVMe for a step and uploads what it made."""
 
     s3: S3Resource
     nvme_root: str
+    raw_bucket: str
     artifacts_bucket: str
     augmented_bucket: str
     normalized_bucket: str
@@ -149,23 +94,27 @@ class NvmeStagingIOManager(dg.ConfigurableIOManager):
         if not isinstance(obj, StagedOutput):
             raise TypeError(f"expected StagedOutput from {context.asset_key}, got {type(obj)}")
         client = self.s3.client()
+        conditional = conditional_writes(
+            client, self.s3.endpoint_url, obj.bucket, self.conditional_writes
+        )
         started = time.perf_counter()
         paths = [local for local, _ in obj.uploads]
         log_paths(context, "stage_out", paths, bucket=obj.bucket, dir=str(obj.output_dir))
+        # Output keys name their bytes, so If-None-Match never refuses different content.
         report = upload_many(
-            lambda: client, obj.bucket, [(p, k) for p, k in obj.uploads], self.concurrency
+            lambda: client, obj.bucket, obj.uploads, self.concurrency, if_none_match=conditional
         )
         if report.failures:
-            raise RuntimeError(
-                f"upload failed for {len(report.failures)} objects: {report.failures[:3]}"
+            raise StageError(
+                f"stage-out failed: {describe_failures('PUT', obj.bucket, report.failures)}"
             )
         stats = obj.manifest.stats
         stats.seconds_stage_out = time.perf_counter() - started
         stats.bytes_out = report.bytes
-        conditional = conditional_writes(
-            client, self.s3.endpoint_url, obj.bucket, self.conditional_writes
+        run_started = _run_started(context.step_context.instance, obj.manifest.run_id)
+        uri, written = mf.write_manifest(
+            client, obj.bucket, obj.manifest, conditional=conditional, run_started=run_started
         )
-        uri, written = mf.write_manifest(client, obj.bucket, obj.manifest, conditional=conditional)
         context.add_output_metadata(
             {
                 "manifest_uri": dg.MetadataValue.text(uri),
@@ -173,6 +122,8 @@ class NvmeStagingIOManager(dg.ConfigurableIOManager):
                 "conditional_write": conditional,
                 "items": len(obj.manifest.items),
                 "failures": len(obj.manifest.failures),
+                "uploaded": report.count - report.existed,
+                "already_present": report.existed,
                 "bytes_out": stats.bytes_out,
                 "bytes_in": stats.bytes_in,
                 "seconds_stage_in": round(stats.seconds_stage_in, 3),
@@ -180,7 +131,7 @@ class NvmeStagingIOManager(dg.ConfigurableIOManager):
                 "seconds_stage_out": round(stats.seconds_stage_out, 3),
                 "images_per_second": round(stats.images_per_second, 2),
                 "nvme_output_dir": dg.MetadataValue.path(str(obj.output_dir)),
-                "preview": dg.MetadataValue.md(_markdown_table(obj.preview)),
+                "preview": dg.MetadataValue.md(obj.preview_markdown()),
                 **obj.metadata,
             }
         )
@@ -200,14 +151,17 @@ class NvmeStagingIOManager(dg.ConfigurableIOManager):
             output_dir=root / "output" / run_id / consumer,
             files=[],
         )
-        batch.input_dir.mkdir(parents=True, exist_ok=True)
-        batch.output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            batch.input_dir.mkdir(parents=True, exist_ok=True)
+            batch.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StageError(f"stage-in failed: cannot create {root}: {exc}") from None
         client = self.s3.client()
         started = time.perf_counter()
         if upstream == "raw_image_batches":
             self._stage_raw(client, batch)
         else:
-            self._stage_manifest(client, batch, upstream)
+            self._stage_manifest(client, batch, upstream, context.step_context.instance)
         batch.stage_in_seconds = time.perf_counter() - started
         log_paths(
             context,
@@ -223,22 +177,35 @@ class NvmeStagingIOManager(dg.ConfigurableIOManager):
     def _stage_raw(self, client: Any, batch: StagedBatch) -> None:
         uri = f"s3://{self.artifacts_bucket}/{batch_listing_key(batch.partition)}"
         listing = mf.BatchListing.model_validate(mf.read_json(client, uri))
+        if listing.bucket != self.raw_bucket:
+            raise StageError(
+                f"batch listing {uri} names bucket {listing.bucket!r}; batches may only come "
+                f"from RAW_BUCKET={self.raw_bucket!r}"
+            )
         batch.listing = listing
-        wanted: list[tuple[str, str]] = []
+        wanted: list[Want] = []
         for obj in listing.objects:
             source_uri = f"s3://{listing.bucket}/{obj.key}"
             try:
-                local = key_to_path(batch.input_dir, obj.key)
+                local = staged_path(batch.input_dir, obj.key)
             except UnsafeKeyError as exc:
                 batch.failures.append(mf.Failure(source_uri=source_uri, reason=str(exc)))
                 continue
-            wanted.append((obj.key, str(local)))
+            wanted.append(Want(obj.key, local, obj.etag or None, obj.size))
             batch.files.append(StagedFile(source_uri, obj.key, local, obj.size))
-        self._download(client, listing.bucket, wanted, batch)
+        report = self._download(client, listing.bucket, wanted)
+        sha_by_key = {r.key: r.sha256 or "" for r in report.results}
+        self._drop_failed(batch, report.failures)
+        for staged in batch.files:
+            staged.sha256 = sha_by_key.get(staged.source_key, "")
 
-    def _stage_manifest(self, client: Any, batch: StagedBatch, upstream: str) -> None:
+    def _stage_manifest(
+        self, client: Any, batch: StagedBatch, upstream: str, instance: dg.DagsterInstance
+    ) -> None:
         bucket = {"normalized_images": self.normalized_bucket}.get(upstream, self.augmented_bucket)
-        uri = mf.latest_manifest_uri(client, bucket, upstream, batch.partition)
+        # the manifest this run's upstream step wrote, so a concurrent run cannot swap it
+        uri = run_manifest_uri(instance, batch.run_id, upstream)
+        uri = uri or mf.latest_manifest_uri(client, bucket, upstream, batch.partition)
         if uri is None:
             raise FileNotFoundError(
                 f"no {upstream} manifest for partition {batch.partition!r} in s3://{bucket}; "
@@ -247,55 +214,56 @@ class NvmeStagingIOManager(dg.ConfigurableIOManager):
         batch.upstream_manifest_uri = uri
         manifest = mf.read_json(client, uri)
         upstream_out = Path(self.nvme_root) / "output" / batch.run_id / upstream
-        wanted: list[tuple[str, str]] = []
+        wanted: list[Want] = []
         for item in manifest["items"]:
             item_bucket, key = mf.split_uri(item["output_uri"])
+            if item_bucket != bucket:
+                raise StageError(f"manifest {uri} lists an item outside s3://{bucket}: {key}")
             try:
+                check_key(key)
                 local = key_to_path(upstream_out, key)
             except UnsafeKeyError as exc:
                 batch.failures.append(mf.Failure(source_uri=item["output_uri"], reason=str(exc)))
                 continue
-            staged = StagedFile(item["output_uri"], key, local, item["bytes"], item)
+            staged = StagedFile(item["output_uri"], key, local, item["bytes"], item, item["sha256"])
             # same run, file still on NVMe and unchanged: read it instead of downloading it
             if local.is_file() and sha256_file(local) == item["sha256"]:
                 staged.reused_local = True
                 batch.reused_local += 1
             else:
-                staged.local_path = key_to_path(batch.input_dir, key)
-                wanted.append((key, str(staged.local_path)))
+                staged.local_path = staged_path(batch.input_dir, key)
+                wanted.append(Want(key, staged.local_path, None, item["bytes"]))
             batch.files.append(staged)
-            if item_bucket != bucket:
-                raise ValueError(f"manifest item outside s3://{bucket}: {item['output_uri']}")
-        self._download(client, bucket, wanted, batch)
+        report = self._download(client, bucket, wanted)
+        self._drop_failed(batch, report.failures)
+        got = {r.key: r.sha256 for r in report.results}
+        for staged in list(batch.files):
+            if staged.source_key in got and got[staged.source_key] != staged.sha256:
+                batch.files.remove(staged)
+                reason = (
+                    f"changed since it was written: sha256 {got[staged.source_key]}, "
+                    f"the manifest says {staged.sha256}"
+                )
+                batch.failures.append(mf.Failure(source_uri=staged.source_uri, reason=reason))
 
-    def _download(
-        self, client: Any, bucket: str, wanted: list[tuple[str, str]], batch: StagedBatch
-    ) -> None:
-        if not wanted:
-            return
-        report = download_many(lambda: client, bucket, wanted, self.concurrency)
-        failed = dict(report.failures)
+    def _download(self, client: Any, bucket: str, wanted: list[Want]) -> TransferReport:
+        report = download_many(lambda: client, bucket, wanted, self.concurrency, checksum=True)
+        fatal = [f for f in report.failures if not f.item_fault]
+        if fatal:
+            raise StageError(f"stage-in failed: {describe_failures('GET', bucket, fatal)}")
+        return report
+
+    def _drop_failed(self, batch: StagedBatch, failures: list[Failed]) -> None:
+        """Failed objects leave the batch as failure entries; what arrived is counted."""
+        failed = {f.key: f.reason for f in failures}
         kept = []
         for staged in batch.files:
             if staged.source_key in failed and not staged.reused_local:
                 batch.failures.append(
-                    mf.Failure(
-                        source_uri=staged.source_uri,
-                        reason=f"download failed: {failed[staged.source_key]}",
-                    )
+                    mf.Failure(source_uri=staged.source_uri, reason=failed[staged.source_key])
                 )
             else:
                 kept.append(staged)
         batch.files = kept
-        batch.downloaded = report.count - len(report.failures)
-        batch.stage_in_bytes = report.bytes
-
-
-def _markdown_table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "_no items_"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
-    return "\n".join(lines)
+        batch.downloaded = sum(1 for f in kept if not f.reused_local)
+        batch.stage_in_bytes = sum(f.size for f in kept if not f.reused_local)

@@ -2,12 +2,12 @@
 
 import dagster as dg
 
-from pixelpipe.io_managers.staging import cleanup_run
+from pixelpipe.io_managers.batches import cleanup_run
 from pixelpipe.settings import Settings
 
 
 def nvme_cleanup_sensors(settings: Settings) -> list[dg.SensorDefinition]:
-    """Success and failure sensors; NVME_KEEP=1 keeps the files for inspection."""
+    """Success, failure and cancel sensors; NVME_KEEP=1 keeps the files for inspection."""
 
     def _clean(context: dg.RunStatusSensorContext) -> None:
         if settings.nvme_keep:
@@ -32,4 +32,12 @@ def nvme_cleanup_sensors(settings: Settings) -> list[dg.SensorDefinition]:
     def on_failure(context: dg.RunStatusSensorContext) -> None:
         _clean(context)
 
-    return [on_success, on_failure]
+    @dg.run_status_sensor(
+        name="nvme_cleanup_on_cancel",
+        run_status=dg.DagsterRunStatus.CANCELED,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def on_cancel(context: dg.RunStatusSensorContext) -> None:
+        _clean(context)
+
+    return [on_success, on_failure, on_cancel]

@@ -8,6 +8,7 @@ daemon's sensor and `pixelpipe poll` share it; the sensor also reports it as its
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import PurePosixPath
@@ -16,15 +17,20 @@ from typing import Any
 import dagster as dg
 
 from pixelpipe import manifests as mf
-from pixelpipe.io_managers.staging import batch_listing_key, conditional_writes
+from pixelpipe.assets.partitions import raw_batches_partitions
 from pixelpipe.resources.s3 import S3Resource
+from pixelpipe.sensors.batch_runs import BATCH_TAG, rerun_command, review_pending
 from pixelpipe.settings import Settings
 from pixelpipe.storage import cursor as cur
+from pixelpipe.storage.conditional import conditional_writes
+from pixelpipe.storage.layout import batch_listing_key
 
-raw_batches_partitions = dg.DynamicPartitionsDefinition(name="raw_image_batches")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MAX_BATCHES_PER_TICK = 50
-BATCH_TAG = "pixelpipe/batch"
+# given-up batches reported by the sensor; older ones are still in the run history
+MAX_FAILED_REMEMBERED = 1000
+__all__ = ["BATCH_TAG", "raw_batches_partitions"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +43,9 @@ class TickResult:
     skip_reason: str | None = None
     listed: int = 0
     new_objects: int = 0
+    retrying: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    newly_failed: list[str] = field(default_factory=list)
 
 
 def cursor_key(bucket: str, prefix: str) -> str:
@@ -60,25 +69,34 @@ def partition_name(objects: list[cur.ObjectInfo]) -> str:
     return f"b-{stamp}-{digest.hexdigest()[:10]}"
 
 
-def _load_state(instance: dg.DagsterInstance, key: str) -> tuple[cur.CursorState, list[str]]:
+def _load_state(
+    instance: dg.DagsterInstance, key: str
+) -> tuple[cur.CursorState, list[str], list[str]]:
     raw = instance.run_storage.get_cursor_values({key}).get(key)
     if not raw:
-        return cur.CursorState(), []
+        return cur.CursorState(), [], []
     body = json.loads(raw)
-    return cur.CursorState.from_json(body["scan"]), list(body.get("pending", []))
-
-
-def has_run(instance: dg.DagsterInstance, partition: str) -> bool:
-    return bool(instance.get_run_records(dg.RunsFilter(tags={BATCH_TAG: partition}), limit=1))
+    state = cur.CursorState.from_json(body["scan"])
+    return state, list(body.get("pending", [])), list(body.get("failed", []))
 
 
 def evaluate_tick(
-    instance: dg.DagsterInstance, s3: Any, settings: Settings, prefix: str, job_name: str
+    instance: dg.DagsterInstance,
+    s3: Any,
+    settings: Settings,
+    prefix: str,
+    job_name: str,
+    *,
+    retry_failed: bool | None = None,
 ) -> TickResult:
-    """List the prefix, store a listing per new batch, and return run requests + next cursor."""
+    """List the prefix, store a listing per new batch, and return run requests + next cursor.
+
+    Batches stay pending until their latest run succeeded; failed ones are re-requested (or
+    left to the daemon's run retries, see pixelpipe.sensors.batch_runs) up to RUN_RETRIES.
+    """
     bucket = settings.raw_bucket
     key = cursor_key(bucket, prefix)
-    state, pending = _load_state(instance, key)
+    state, pending, failed = _load_state(instance, key)
     scan_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     scan = cur.scan(
         cur.list_objects(s3, bucket, scan_prefix),
@@ -89,7 +107,7 @@ def evaluate_tick(
     )
     result = TickResult(listed=scan.listed, new_objects=len(scan.new))
     conditional = conditional_writes(
-        s3, settings.s3_endpoint_url, settings.artifacts_bucket, "auto"
+        s3, settings.s3_endpoint_url, settings.artifacts_bucket, settings.s3_conditional_writes
     )
     for group in cur.batches(scan.new, settings.ingest_batch_size):
         name = partition_name(group)
@@ -108,16 +126,23 @@ def evaluate_tick(
         put_listing(s3, settings.artifacts_bucket, listing, conditional)
         result.new_partitions.append(name)
         pending.append(name)
-    # Re-request batches whose run does not exist yet: run_key makes this safe, and a
-    # tick that died after storing its cursor cannot lose a batch.
-    still_pending = [p for p in dict.fromkeys(pending) if not has_run(instance, p)]
-    for name in still_pending:
-        result.run_requests.append(
-            dg.RunRequest(
-                run_key=name, partition_key=name, job_name=job_name, tags={BATCH_TAG: name}
-            )
+    # Re-request batches whose run does not exist yet (run_key makes this safe, and a tick
+    # that died after storing its cursor cannot lose a batch) or failed, within RUN_RETRIES.
+    review = review_pending(
+        instance, pending, job_name, max_retries=settings.run_retries, retry_failed=retry_failed
+    )
+    result.run_requests = review.requests
+    result.retrying = [s.partition for s in review.retrying]
+    result.newly_failed = [s.partition for s in review.given_up]
+    for status in review.given_up:
+        log.error(
+            f"batch {status.partition} failed {status.attempts} times (last run "
+            f"{status.last_run_id}: {status.last_status}); re-run it with "
+            f"`{rerun_command(status.partition)}`"
         )
-    body = {"scan": scan.state.to_json(), "pending": still_pending}
+    failed = [p for p in dict.fromkeys(failed + result.newly_failed) if p not in review.pending]
+    result.failed = failed[-MAX_FAILED_REMEMBERED:]
+    body = {"scan": scan.state.to_json(), "pending": review.pending, "failed": result.failed}
     result.cursor = json.dumps(body, separators=(",", ":"))
     instance.run_storage.set_cursor_values({key: result.cursor})
     if not result.run_requests:
@@ -125,6 +150,11 @@ def evaluate_tick(
             f"no new images under s3://{bucket}/{scan_prefix} "
             f"({scan.listed} objects listed, {scan.skipped_not_candidate} not images)"
         )
+        if result.failed:
+            result.skip_reason += (
+                f"; {len(result.failed)} batch(es) failed after {settings.run_retries} "
+                f"retries, e.g. `{rerun_command(result.failed[-1])}`"
+            )
     return result
 
 

@@ -28,11 +28,12 @@ from urllib.parse import unquote_plus
 import dagster as dg
 
 from pixelpipe import manifests as mf
-from pixelpipe.io_managers.staging import conditional_writes
 from pixelpipe.resources.s3 import S3Resource
 from pixelpipe.sensors import raw_images as ri
+from pixelpipe.sensors.batch_runs import review_pending
 from pixelpipe.settings import Settings, SettingsError
 from pixelpipe.storage import cursor as cur
+from pixelpipe.storage.conditional import conditional_writes
 
 log = logging.getLogger(__name__)
 
@@ -345,11 +346,12 @@ def _record(
     state: SqsState,
     fresh: list[S3Event],
     result: SqsTickResult,
+    job_name: str,
 ) -> None:
     """Store the listings, then the state (seen + pending): after this, messages may go."""
     if fresh:
         conditional = conditional_writes(
-            s3, settings.s3_endpoint_url, settings.artifacts_bucket, "auto"
+            s3, settings.s3_endpoint_url, settings.artifacts_bucket, settings.s3_conditional_writes
         )
         objects = [e.obj for e in fresh]
         for group in cur.batches(objects, settings.ingest_batch_size):
@@ -359,8 +361,10 @@ def _record(
     for event in fresh:
         state.remember(event)
     pending = list(dict.fromkeys([*state.pending, *result.new_partitions]))
-    # Re-request batches whose run does not exist yet: run_key makes this safe.
-    state.pending = [p for p in pending if not ri.has_run(instance, p)]
+    # Re-request batches whose run does not exist yet (run_key makes this safe) or failed.
+    review = review_pending(instance, pending, job_name, max_retries=settings.run_retries)
+    state.pending = review.pending
+    result.run_requests = review.requests
     instance.run_storage.set_cursor_values({key: state.to_json()})
 
 
@@ -384,17 +388,11 @@ def evaluate_sqs_tick(
         events, handled = _events(messages, s3, settings, result)
         fresh = select_new(events, state, result)
         result.new_objects = len(fresh)
-        _record(instance, s3, settings, key, state, fresh, result)
+        _record(instance, s3, settings, key, state, fresh, result, job_name)
     except Exception:
         _release(sqs, queue_url, messages)
         raise
     result.deleted = _delete(sqs, queue_url, handled)
-    for name in state.pending:
-        result.run_requests.append(
-            dg.RunRequest(
-                run_key=name, partition_key=name, job_name=job_name, tags={ri.BATCH_TAG: name}
-            )
-        )
     # the store holds the (large) seen set; the Dagster cursor is a summary for the UI
     summary = {"pending": state.pending, "seen": len(state.seen), "received": len(messages)}
     result.cursor = json.dumps(summary, separators=(",", ":"))

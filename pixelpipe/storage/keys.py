@@ -1,11 +1,23 @@
-"""Map S3 object keys to local paths, refusing any key that could leave its root."""
+"""Map S3 object keys to local paths (refusing any key that could leave its root) and name outputs.
+
+Output keys are planned before any work is done, so a long source key is shortened once, the
+same way every time, instead of failing at upload: every segment of an output stem fits in
+MAX_NAME_BYTES (room for the copy and digest suffixes and a temporary name under the 255-byte
+file-name limit) and the whole stem in MAX_STEM_BYTES (room for the partition, the variant and
+two digests under S3's 1,024-byte keys). A shortened part ends in `~` and 16 hex digits of the
+sha256 of what it replaced, so two source keys never share an output.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 MAX_KEY_BYTES = 1024
 MAX_SEGMENT_BYTES = 255
+MAX_NAME_BYTES = 200
+MAX_STEM_BYTES = 800
+DIGEST_CHARS = 12
 
 
 class UnsafeKeyError(ValueError):
@@ -84,3 +96,35 @@ def relative_key(key: str, prefix: str) -> str:
         raise UnsafeKeyError(f"not under prefix {prefix!r}", key)
     check_key(rest)
     return rest
+
+
+def staged_path(root: Path, key: str) -> Path:
+    """Where a downloaded object is staged: root/<16 hex of sha256(key)>/<its last segment>.
+
+    Each key gets a folder of its own, so 'x.jpg' and 'x.jpg/y.jpg' (a file and a folder of one
+    name, which S3 allows) both stage, and nothing a key says can leave root. Unsafe keys are
+    refused first (`check_key`), so they fail by name instead of being staged.
+    """
+    segments = check_key(key)
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    return Path(root).resolve() / digest / segments[-1]
+
+
+def _shorten(text: str, limit: int, whole: str | None = None) -> str:
+    raw = text.encode("utf-8")
+    if len(raw) <= limit:
+        return text
+    tag = "~" + hashlib.sha256((whole or text).encode("utf-8")).hexdigest()[:16]
+    keep = raw[: limit - len(tag)].decode("utf-8", "ignore").rstrip("/")
+    return keep + tag
+
+
+def bounded_stem(stem: str) -> str:
+    """`stem` with each segment <= MAX_NAME_BYTES and the whole <= MAX_STEM_BYTES (hashed tails)."""
+    out = "/".join(_shorten(segment, MAX_NAME_BYTES) for segment in stem.split("/"))
+    return _shorten(out, MAX_STEM_BYTES, whole=stem)
+
+
+def content_key(stem: str, sha256_hex: str, suffix: str = ".jpg") -> str:
+    """'<stem>-<12 hex of the content's sha256><suffix>': a key that names its bytes."""
+    return f"{stem}-{sha256_hex[:DIGEST_CHARS]}{suffix}"
