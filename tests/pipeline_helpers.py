@@ -9,11 +9,11 @@ from typing import Any
 
 import dagster as dg
 
+from pixelpipe.assets.partitions import raw_batches_partitions
 from pixelpipe.datagen import generate
 from pixelpipe.definitions import build_definitions
 from pixelpipe.pipeline import INGEST_JOB, instance_for
 from pixelpipe.resources.s3 import S3Resource
-from pixelpipe.assets.partitions import raw_batches_partitions
 from pixelpipe.settings import Settings
 from pixelpipe.uploads import upload_dataset
 
