@@ -151,6 +151,38 @@ def rerun(partition: str = typer.Argument(..., help="batch partition (b-<time>-<
 
 
 @app.command()
+def audit(
+    prefix: str = typer.Option(None, "--prefix", help="raw prefix to audit (default RAW_PREFIX)"),
+    verify_bytes: bool = typer.Option(True, "--verify-bytes/--no-verify-bytes"),
+) -> None:
+    """Check that every raw image under PREFIX has exactly its outputs, and that they are intact."""
+    from pixelpipe.audit import audit as run_audit
+    from pixelpipe.resources.s3 import client_from_settings
+
+    settings = _settings()
+    report = run_audit(
+        client_from_settings(settings),
+        raw_bucket=settings.raw_bucket,
+        prefix=prefix or settings.raw_prefix,
+        buckets={"augmented": settings.augmented_bucket, "normalized": settings.normalized_bucket},
+        copies=settings.augment_copies,
+        variants=len(settings.variants),
+        verify_bytes=verify_bytes,
+    )
+    typer.echo(
+        f"{report.raw_images} raw objects in {report.partitions} partitions: "
+        f"{report.outputs} outputs of {report.expected_outputs} expected"
+    )
+    for name in ("lost", "duplicated", "mismatched"):
+        for entry in getattr(report, name)[:20]:
+            typer.secho(f"{name}: {entry}", fg="red")
+    for source, reasons in list(report.failed.items())[:20]:
+        typer.echo(f"failed alone: {source}: {reasons[-1]}")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@app.command()
 def train(
     variant: str = typer.Option(None, "--variant", help="size variant (its dataset index)"),
     epochs: int = typer.Option(None, "--epochs"),

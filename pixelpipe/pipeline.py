@@ -178,9 +178,12 @@ def _failure_message(result: Any) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
-            while error.cause is not None:  # Dagster's wrappers first, the real error last
+            # Dagster's wrappers first; the first error below them is the one that says why
+            while error.cause is not None and error.cls_name.startswith("Dagster"):
                 error = error.cause
-            return error.message.strip().splitlines()[0][:500]
+            message = error.message.strip().splitlines()[0]
+            name, _, rest = message.partition(": ")
+            return (rest if name.endswith(error.cls_name) else message)[:1000]
     return "see the run's event log"
 
 

@@ -34,7 +34,7 @@ def load_raw_boxes(s3: Any, artifacts_bucket: str) -> dict[str, list[dict[str, A
 def output_stem(partition: str, source_key: str, prefix: str) -> str:
     """<partition>/<key under the batch prefix>, extension kept (so cat.jpg and cat.png never
     share outputs), over-long parts shortened with a hash (pixelpipe.storage.keys)."""
-    rel = relative_key(source_key, prefix) if prefix else source_key
+    rel = relative_key(source_key, prefix, max_segment=None) if prefix else source_key
     return f"{partition}/{bounded_stem(rel)}"
 
 

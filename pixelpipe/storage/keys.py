@@ -35,11 +35,12 @@ def _is_control(char: str) -> bool:
     return code < 0x20 or 0x7F <= code <= 0x9F
 
 
-def check_key(key: str) -> list[str]:
+def check_key(key: str, max_segment: int | None = MAX_SEGMENT_BYTES) -> list[str]:
     """Validate a key's shape and return its '/'-separated segments; UnsafeKeyError if unsafe.
 
     Empty or '.' segments are refused rather than normalised: two different keys
-    ('a//b', 'a/b') must never share one local file.
+    ('a//b', 'a/b') must never share one local file. `max_segment=None` accepts segments of
+    any length (S3 allows them), for callers that never use a segment as a file name.
     """
     if not key:
         raise UnsafeKeyError("empty key", key)
@@ -65,8 +66,8 @@ def check_key(key: str) -> list[str]:
             raise UnsafeKeyError("'.' segment", key)
         if segment == "..":
             raise UnsafeKeyError("'..' segment", key)
-        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
-            raise UnsafeKeyError(f"segment longer than {MAX_SEGMENT_BYTES} bytes", key)
+        if max_segment is not None and len(segment.encode("utf-8")) > max_segment:
+            raise UnsafeKeyError(f"segment longer than {max_segment} bytes", key)
     return segments
 
 
@@ -85,7 +86,7 @@ def key_to_path(root: Path, key: str) -> Path:
     return path
 
 
-def relative_key(key: str, prefix: str) -> str:
+def relative_key(key: str, prefix: str, max_segment: int | None = MAX_SEGMENT_BYTES) -> str:
     """`key` without `prefix` ('raw/a.jpg', 'raw' -> 'a.jpg'); UnsafeKeyError if not under it."""
     stem = prefix.strip("/")
     if not stem:
@@ -94,7 +95,7 @@ def relative_key(key: str, prefix: str) -> str:
         rest = key[len(stem) + 1 :]
     else:
         raise UnsafeKeyError(f"not under prefix {prefix!r}", key)
-    check_key(rest)
+    check_key(rest, max_segment)
     return rest
 
 
@@ -105,9 +106,13 @@ def staged_path(root: Path, key: str) -> Path:
     name, which S3 allows) both stage, and nothing a key says can leave root. Unsafe keys are
     refused first (`check_key`), so they fail by name instead of being staged.
     """
-    segments = check_key(key)
+    name = check_key(key, max_segment=None)[-1]
+    if len(name.encode("utf-8")) > MAX_SEGMENT_BYTES:  # S3 allows it; a file name cannot
+        _, dot, ext = name.rpartition(".")
+        ext = f".{ext}" if dot and len(ext) <= 8 else ""
+        name = _shorten(name.removesuffix(ext), MAX_SEGMENT_BYTES - len(ext), whole=name) + ext
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-    return Path(root).resolve() / digest / segments[-1]
+    return Path(root).resolve() / digest / name
 
 
 def _shorten(text: str, limit: int, whole: str | None = None) -> str:
