@@ -355,3 +355,38 @@ def _wait_for_run(
         time.sleep(0.25)
     log = (tmp_path / "daemon.log").read_text(errors="replace")[-3000:]
     raise AssertionError(f"no run reached {status} in {timeout}s; daemon log:\n{log}")
+
+
+def test_a_batch_that_keeps_failing_is_retried_then_reported_with_its_rerun_command(
+    fstack: FaultStack, fenv: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing that points outside RAW_BUCKET (someone wrote batches/ by hand) is refused every
+    time: a permanent fault, retried RUN_RETRIES times and then reported, never run forever."""
+    from pixelpipe.pipeline import INGEST_JOB, instance_for
+    from pixelpipe.sensors.batch_runs import review_pending
+
+    monkeypatch.setenv("RUN_RETRIES", "1")
+    settings_mod.get_settings.cache_clear()
+    settings = load_settings()
+    partition = "b-foreign-listing"
+    listing = mf.BatchListing(
+        partition=partition, bucket="someone-elses-bucket", prefix="incoming", created_at="now",
+        objects=[mf.BatchObject(key="incoming/a.jpg", etag="0" * 32, size=1, last_modified="")],
+    )  # fmt: skip
+    s3 = direct(fstack)
+    s3.put_object(Bucket=settings.artifacts_bucket, Key=f"batches/{partition}.json",
+                  Body=listing.model_dump_json().encode())  # fmt: skip
+    instance = instance_for(settings)
+    instance.add_dynamic_partitions("raw_image_batches", [partition])
+    lines: list[str] = []
+    first = rerun(settings, partition, echo=lines.append)
+    assert not first.success
+    assert "names bucket 'someone-elses-bucket'; batches may only come from RAW_BUCKET" in lines[-1]
+    review = review_pending(instance, [partition], INGEST_JOB, max_retries=1, retry_failed=True)
+    assert [r.run_key for r in review.requests] == [f"{partition}:retry-1"]
+    assert review.requests[0].tags["dagster/max_retries"] == "1"
+    assert not rerun(settings, partition, echo=lines.append).success
+    review = review_pending(instance, [partition], INGEST_JOB, max_retries=1, retry_failed=True)
+    assert not review.requests and not review.pending
+    (given_up,) = review.given_up
+    assert given_up.attempts == 2 and given_up.last_status == "FAILURE"

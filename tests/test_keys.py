@@ -1,4 +1,5 @@
-"""User-supplied S3 keys never become local paths outside the staging root."""
+"""User-supplied S3 keys never become local paths outside the staging root, and output keys
+planned from them are bounded and never collide."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pixelpipe.storage.keys import UnsafeKeyError, check_key, key_to_path, relative_key
+from pixelpipe.storage.keys import (
+    MAX_NAME_BYTES,
+    MAX_STEM_BYTES,
+    UnsafeKeyError,
+    bounded_stem,
+    check_key,
+    content_key,
+    key_to_path,
+    relative_key,
+    staged_path,
+)
 
 SEGMENTS = st.sampled_from(["..", ".", "", "a", "b.jpg", "\\", "..\\x", "\x00", "é", "/"])
 KEYS = st.one_of(
@@ -98,3 +109,35 @@ def test_relative_key_strips_only_a_whole_prefix() -> None:
         relative_key("incoming/../a.jpg", "incoming")
     with pytest.raises(UnsafeKeyError, match="empty key"):
         relative_key("incoming/", "incoming")
+
+
+def test_output_stems_are_bounded_and_never_collide() -> None:
+    long_segment = "é" * 150  # 300 bytes
+    stems = {
+        key: bounded_stem(key)
+        for key in ["cat.jpg", "cat.png", f"a/{long_segment}.jpg", f"a/{long_segment}.png",
+                    "/".join(["d" * 200] * 5) + "/x.jpg", "/".join(["d" * 200] * 5) + "/y.jpg"]
+    }  # fmt: skip
+    assert stems["cat.jpg"] == "cat.jpg" and stems["cat.png"] == "cat.png"
+    assert len(set(stems.values())) == len(stems)
+    for stem in stems.values():
+        assert len(stem.encode()) <= MAX_STEM_BYTES
+        assert all(0 < len(s.encode()) <= MAX_NAME_BYTES for s in stem.split("/"))
+    assert bounded_stem(f"a/{long_segment}.jpg") == bounded_stem(f"a/{long_segment}.jpg")
+
+
+def test_staged_paths_give_every_key_a_folder_of_its_own(tmp_path: Path) -> None:
+    file_key = staged_path(tmp_path, "in/x.jpg")
+    folder_key = staged_path(tmp_path, "in/x.jpg/y.jpg")
+    assert file_key.name == "x.jpg" and folder_key.name == "y.jpg"
+    assert file_key.parent != folder_key.parent
+    assert file_key.parent.parent == folder_key.parent.parent == tmp_path.resolve()
+    long_name = staged_path(tmp_path, "in/" + "e" * 300 + ".jpg").name
+    assert len(long_name.encode()) <= 255 and long_name.endswith(".jpg")
+    with pytest.raises(UnsafeKeyError, match="'..' segment"):
+        staged_path(tmp_path, "in/../../x.jpg")
+
+
+def test_content_keys_name_their_bytes() -> None:
+    digest = "ab" * 32
+    assert content_key("b-1/cat.png__c0", digest) == f"b-1/cat.png__c0-{'ab' * 6}.jpg"
