@@ -85,7 +85,9 @@ def poll(
         if exports:
             echo(f"tick {ticks}: {len(exports)} new or changed annotation file(s)")
             _run_annotations(annotations_job, instance, ["raw_annotations"], echo)
-        tick = evaluate_tick(instance, s3, settings, prefix, INGEST_JOB, retry_failed=True)
+        tick = evaluate_tick(
+            instance, s3, settings, prefix, INGEST_JOB, retry_failed=True, echo=echo
+        )
         if tick.skip_reason:
             echo(f"tick {ticks}: {tick.skip_reason}")
         else:

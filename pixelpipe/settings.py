@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     )
     sqs_endpoint_url: str | None = Field(None, description="SQS endpoint; empty for AWS")
     sensor_interval_seconds: int = Field(30, ge=1, le=86400, description="sensor tick interval")
+    sensor_tick_budget_seconds: float = Field(
+        40.0, gt=0, le=3600, description="listing time per tick (below Dagster's 60 s timeout)"
+    )
     s3_conditional_writes: Literal["auto", "on", "off"] = Field(
         "auto", description="If-None-Match manifest writes: auto probes the server"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pixelpipe.storage.cursor import (
+    Archive,
     CursorState,
     ObjectInfo,
     ScanResult,
@@ -31,9 +33,12 @@ def keys(result: ScanResult) -> list[str]:
 
 
 def tick(listing: list[ObjectInfo], state: CursorState, **kw: Any) -> ScanResult:
-    """One sensor tick, with the cursor passing through its JSON form like Dagster's."""
+    """One sensor tick, with the cursor passing through its stored forms (JSON for the window,
+    bytes for the archive) as the sensor stores them."""
     result = scan(iter(sorted(listing, key=lambda o: o.key)), state, **kw)
+    archive = Archive.from_bytes(result.state.archive.to_bytes())
     result.state = CursorState.from_json(result.state.to_json())
+    result.state.archive = archive
     return result
 
 
@@ -65,11 +70,36 @@ def test_slow_multipart_with_older_last_modified_is_new_within_window() -> None:
     assert keys(second) == ["big.tif"]
 
 
-def test_upload_older_than_the_window_counts_as_seen() -> None:
-    """The documented limit: raise lookback_seconds (or use SQS) for slower uploads."""
+def test_upload_visible_after_the_window_is_found_and_counted_late() -> None:
+    """Below the floor, the archive of everything yielded decides: never seen means new."""
     first = tick([obj("y.jpg", T0 + 5000)], CursorState(), lookback_seconds=1000)
     second = tick([obj("old.tif", T0 + 3000), obj("y.jpg", T0 + 5000)], first.state)
-    assert keys(second) == []
+    assert keys(second) == ["old.tif"] and [o.key for o in second.late] == ["old.tif"]
+    assert keys(tick([obj("old.tif", T0 + 3000), obj("y.jpg", T0 + 5000)], second.state)) == []
+
+
+def test_a_future_dated_object_cannot_hide_later_uploads() -> None:
+    """A skewed node stamps an object 3 h ahead; the high-water mark stops at the S3 server's
+    own clock (+5 min), so the next two hours of genuine uploads are all found."""
+    now = T0 + 10_000
+    state = tick([obj("skewed.jpg", now + 3 * 3600)], CursorState(), server_now=now).state
+    assert state.high_water == now + 300
+    listing = [obj("skewed.jpg", now + 3 * 3600)]
+    found: list[str] = []
+    for minute in range(0, 120, 10):
+        listing.append(obj(f"genuine-{minute:03d}.jpg", now + 60 * minute))
+        result = tick(listing, state, server_now=now + 60 * minute, lookback_seconds=600)
+        found += keys(result)
+        state = result.state
+    assert found == [f"genuine-{m:03d}.jpg" for m in range(0, 120, 10)]
+
+
+def test_a_v1_cursor_keeps_treating_objects_below_its_floor_as_seen() -> None:
+    v1 = json.dumps({"v": 1, "hw": T0 + 900, "floor": T0 + 500, "seen": {}})
+    state = CursorState.from_json(v1)
+    assert state.legacy_floor == T0 + 500
+    result = tick([obj("old.jpg", T0 + 100), obj("new.jpg", T0 + 950)], state)
+    assert keys(result) == ["new.jpg"]
 
 
 def test_overwrite_is_new_and_unchanged_object_never_repeats() -> None:
@@ -149,7 +179,7 @@ def test_cursor_round_trips_and_stays_bounded_as_window_slides() -> None:
     assert max(sizes[20:]) <= max(sizes[:12]) + 100
     assert CursorState.from_json(None) == CursorState()
     with pytest.raises(ValueError, match="malformed"):
-        CursorState.from_json('{"v": 1}')
+        CursorState.from_json('{"v": 2}')
 
 
 def test_batches_keep_order_and_size() -> None:

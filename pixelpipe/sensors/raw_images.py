@@ -1,34 +1,36 @@
 """Polling sensor: new raw images under RAW_PREFIX become batch partitions with one run each.
 
-Per tick: one streaming ListObjectsV2 of the prefix (ceil(N/1000) requests, memory bounded by
-the look-back window; see pixelpipe.storage.cursor), one PUT per new batch listing, and a
-run request per batch. The cursor lives in the Dagster instance's key-value store, so the
-daemon's sensor and `pixelpipe poll` share it; the sensor also reports it as its cursor.
+Per tick: a streaming ListObjectsV2 of the prefix, cut at SENSOR_TICK_BUDGET_SECONDS and
+resumed after the last key on the next tick, so a huge prefix is covered over several ticks
+while the runs of the first start at once (pixelpipe.storage.cursor decides what is new); one
+PUT per new batch listing and its pending marker (pixelpipe.sensors.batching); a run request per
+pending batch. The cursor's window lives in the Dagster instance's key-value store and its
+archive in ARTIFACTS_BUCKET, shared by the daemon's sensor and `pixelpipe poll`; the cursor
+Dagster stores is a summary of a few hundred bytes.
 """
 
-import hashlib
+from __future__ import annotations
+
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import PurePosixPath
 from typing import Any
 
 import dagster as dg
 
-from pixelpipe import manifests as mf
 from pixelpipe.assets.partitions import raw_batches_partitions
 from pixelpipe.resources.s3 import S3Resource
-from pixelpipe.sensors.batch_runs import BATCH_TAG, rerun_command, review_pending
+from pixelpipe.sensors import batching, seen_archive
+from pixelpipe.sensors.batch_runs import BATCH_TAG
 from pixelpipe.settings import Settings
 from pixelpipe.storage import cursor as cur
-from pixelpipe.storage.conditional import conditional_writes
-from pixelpipe.storage.layout import batch_listing_key
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-MAX_BATCHES_PER_TICK = 50
-# given-up batches reported by the sensor; older ones are still in the run history
-MAX_FAILED_REMEMBERED = 1000
+MAX_BATCHES_PER_TICK = batching.MAX_BATCHES_PER_TICK
+LATE_KEYS_LOGGED = 20
 __all__ = ["BATCH_TAG", "raw_batches_partitions"]
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class TickResult:
     skip_reason: str | None = None
     listed: int = 0
     new_objects: int = 0
+    late: int = 0
+    complete: bool = True
     retrying: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     newly_failed: list[str] = field(default_factory=list)
@@ -52,7 +56,7 @@ def cursor_key(bucket: str, prefix: str) -> str:
     return f"pixelpipe/raw_images_sensor/{bucket}/{prefix}"
 
 
-def is_image_key(prefix: str, annotations_prefix: str):  # noqa: ANN201
+def is_image_key(prefix: str, annotations_prefix: str) -> Callable[[str], bool]:
     """A predicate: image suffix, and not under ANNOTATIONS_PREFIX (exports are not images)."""
     skip = annotations_prefix.strip("/") + "/"
 
@@ -62,22 +66,11 @@ def is_image_key(prefix: str, annotations_prefix: str):  # noqa: ANN201
     return check
 
 
-def partition_name(objects: list[cur.ObjectInfo]) -> str:
-    """b-<newest LastModified>-<digest of keys+etags>: sortable, and the same for the same batch."""
-    digest = hashlib.sha256("\n".join(f"{o.key}\0{o.etag}" for o in objects).encode())
-    stamp = max(o.last_modified for o in objects).astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-    return f"b-{stamp}-{digest.hexdigest()[:10]}"
-
-
-def _load_state(
-    instance: dg.DagsterInstance, key: str
-) -> tuple[cur.CursorState, list[str], list[str]]:
+def _load_state(instance: dg.DagsterInstance, key: str) -> cur.CursorState:
     raw = instance.run_storage.get_cursor_values({key}).get(key)
     if not raw:
-        return cur.CursorState(), [], []
-    body = json.loads(raw)
-    state = cur.CursorState.from_json(body["scan"])
-    return state, list(body.get("pending", [])), list(body.get("failed", []))
+        return cur.CursorState()
+    return cur.CursorState.from_json(json.loads(raw)["scan"])
 
 
 def evaluate_tick(
@@ -88,93 +81,71 @@ def evaluate_tick(
     job_name: str,
     *,
     retry_failed: bool | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> TickResult:
-    """List the prefix, store a listing per new batch, and return run requests + next cursor.
+    """List (part of) the prefix, store each new batch, return run requests + a small cursor.
 
     Batches stay pending until their latest run succeeded; failed ones are re-requested (or
     left to the daemon's run retries, see pixelpipe.sensors.batch_runs) up to RUN_RETRIES.
     """
+    say = echo or log.info
     bucket = settings.raw_bucket
     key = cursor_key(bucket, prefix)
-    state, pending, failed = _load_state(instance, key)
+    scope = batching.scope_id(key)
+    state = _load_state(instance, key)
+    state.archive, archive_etag = seen_archive.load(s3, settings.artifacts_bucket, scope)
     scan_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    listing = cur.Listing(
+        s3,
+        bucket,
+        scan_prefix,
+        start_after=state.resume_after,
+        deadline=time.monotonic() + settings.sensor_tick_budget_seconds,
+    )
     scan = cur.scan(
-        cur.list_objects(s3, bucket, scan_prefix),
+        listing,
         state,
         lookback_seconds=settings.ingest_lookback_seconds,
         max_new=settings.ingest_batch_size * MAX_BATCHES_PER_TICK,
         is_candidate=is_image_key(prefix, settings.annotations_prefix),
     )
-    result = TickResult(listed=scan.listed, new_objects=len(scan.new))
-    conditional = conditional_writes(
-        s3, settings.s3_endpoint_url, settings.artifacts_bucket, settings.s3_conditional_writes
-    )
-    for group in cur.batches(scan.new, settings.ingest_batch_size):
-        name = partition_name(group)
-        listing = mf.BatchListing(
-            partition=name,
-            bucket=bucket,
-            prefix=prefix.strip("/"),
-            created_at=mf.now_iso(),
-            objects=[
-                mf.BatchObject(
-                    key=o.key, etag=o.etag, size=o.size, last_modified=o.last_modified.isoformat()
-                )
-                for o in group
-            ],
-        )
-        put_listing(s3, settings.artifacts_bucket, listing, conditional)
-        result.new_partitions.append(name)
-        pending.append(name)
+    result = TickResult(listed=scan.listed, new_objects=len(scan.new), late=len(scan.late))
+    result.complete = listing.complete
+    if scan.late:
+        shown = ", ".join(o.key for o in scan.late[:LATE_KEYS_LOGGED])
+        say(f"{len(scan.late)} new object(s) older than the look-back floor, processed: {shown}")
+    if scan.capped:
+        say("newest LastModified is ahead of the S3 server's clock; high-water mark capped")
+    result.new_partitions = batching.store_batches(s3, settings, scope, scan.new, prefix)
+    if scan.archived:
+        seen_archive.save(s3, settings.artifacts_bucket, scope, scan.state.archive, archive_etag)
+    instance.run_storage.set_cursor_values({key: json.dumps({"scan": scan.state.to_json()})})
     # Re-request batches whose run does not exist yet (run_key makes this safe, and a tick
-    # that died after storing its cursor cannot lose a batch) or failed, within RUN_RETRIES.
-    review = review_pending(
-        instance, pending, job_name, max_retries=settings.run_retries, retry_failed=retry_failed
+    # that died after storing its listings cannot lose a batch) or failed, within RUN_RETRIES.
+    review = batching.review(
+        instance, s3, settings, scope, job_name, retry_failed=retry_failed, log=say
     )
     result.run_requests = review.requests
-    result.retrying = [s.partition for s in review.retrying]
-    result.newly_failed = [s.partition for s in review.given_up]
-    for status in review.given_up:
-        log.error(
-            f"batch {status.partition} failed {status.attempts} times (last run "
-            f"{status.last_run_id}: {status.last_status}); re-run it with "
-            f"`{rerun_command(status.partition)}`"
-        )
-    failed = [p for p in dict.fromkeys(failed + result.newly_failed) if p not in review.pending]
-    result.failed = failed[-MAX_FAILED_REMEMBERED:]
-    body = {"scan": scan.state.to_json(), "pending": review.pending, "failed": result.failed}
-    result.cursor = json.dumps(body, separators=(",", ":"))
-    instance.run_storage.set_cursor_values({key: result.cursor})
+    result.retrying = review.retrying
+    result.newly_failed = [s.partition for s in review.newly_failed]
+    result.failed = review.failed
+    summary = {
+        **scan.state.summary(),
+        "listed": scan.listed,
+        "new": len(scan.new),
+        "late": len(scan.late),
+        "pending": len(review.pending),
+        "failed": len(review.failed),
+    }
+    result.cursor = json.dumps(summary, separators=(",", ":"))
     if not result.run_requests:
-        result.skip_reason = (
-            f"no new images under s3://{bucket}/{scan_prefix} "
-            f"({scan.listed} objects listed, {scan.skipped_not_candidate} not images)"
+        listed = "listed" if listing.complete else "listed so far (the next tick resumes)"
+        base = (
+            f"no new images under s3://{bucket}/{scan_prefix} ({scan.listed} objects {listed}, "
+            f"{scan.skipped_not_candidate} not images)"
         )
-        if result.failed:
-            result.skip_reason += (
-                f"; {len(result.failed)} batch(es) failed after {settings.run_retries} "
-                f"retries, e.g. `{rerun_command(result.failed[-1])}`"
-            )
+        result.skip_reason = batching.skip_message(base, review.failed, settings.run_retries)
     return result
-
-
-def put_listing(s3: Any, bucket: str, listing: mf.BatchListing, conditional: bool) -> None:
-    import botocore.exceptions
-
-    body = listing.model_dump_json(indent=1).encode()
-    extra = {"IfNoneMatch": "*"} if conditional else {}
-    try:
-        s3.put_object(
-            Bucket=bucket,
-            Key=batch_listing_key(listing.partition),
-            Body=body,
-            ContentType="application/json",
-            **extra,
-        )
-    except botocore.exceptions.ClientError as exc:
-        # the same batch (same keys and ETags) was listed before: its listing stands
-        if exc.response.get("Error", {}).get("Code") not in {"PreconditionFailed", "412"}:
-            raise
 
 
 def build_raw_images_sensor(
@@ -189,19 +160,15 @@ def build_raw_images_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"New images under s3://{settings.raw_bucket}/{settings.raw_prefix}/",
     )
-    def raw_images_sensor(context: dg.SensorEvaluationContext, s3: S3Resource):  # noqa: ANN202
-        tick = evaluate_tick(context.instance, s3.client(), settings, settings.raw_prefix, job.name)
-        if tick.skip_reason:
-            return dg.SensorResult(skip_reason=dg.SkipReason(tick.skip_reason), cursor=tick.cursor)
-        return dg.SensorResult(
-            run_requests=tick.run_requests,
-            dynamic_partitions_requests=[
-                # pending batches from a tick that died are (re-)added too; adding is idempotent
-                raw_batches_partitions.build_add_request(
-                    [r.partition_key for r in tick.run_requests if r.partition_key]
-                )
-            ],
-            cursor=tick.cursor,
+    def raw_images_sensor(context: dg.SensorEvaluationContext, s3: S3Resource) -> dg.SensorResult:
+        tick = evaluate_tick(
+            context.instance,
+            s3.client(),
+            settings,
+            settings.raw_prefix,
+            job.name,
+            echo=context.log.info,
         )
+        return batching.sensor_result(tick.run_requests, tick.cursor, tick.skip_reason)
 
     return raw_images_sensor

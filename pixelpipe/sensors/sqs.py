@@ -27,13 +27,11 @@ from urllib.parse import unquote_plus
 
 import dagster as dg
 
-from pixelpipe import manifests as mf
 from pixelpipe.resources.s3 import S3Resource
+from pixelpipe.sensors import batching
 from pixelpipe.sensors import raw_images as ri
-from pixelpipe.sensors.batch_runs import review_pending
 from pixelpipe.settings import Settings, SettingsError
 from pixelpipe.storage import cursor as cur
-from pixelpipe.storage.conditional import conditional_writes
 
 log = logging.getLogger(__name__)
 
@@ -288,20 +286,7 @@ def _release(sqs: Any, queue_url: str, messages: list[dict[str, Any]]) -> None:
             log.warning("could not release SQS messages (they reappear later): %s", exc)
 
 
-def make_listing(group: list[cur.ObjectInfo], bucket: str, prefix: str) -> mf.BatchListing:
-    """The batch listing of `group`, shaped exactly as the polling sensor writes it."""
-    return mf.BatchListing(
-        partition=ri.partition_name(group),
-        bucket=bucket,
-        prefix=prefix.strip("/"),
-        created_at=mf.now_iso(),
-        objects=[
-            mf.BatchObject(
-                key=o.key, etag=o.etag, size=o.size, last_modified=o.last_modified.isoformat()
-            )
-            for o in group
-        ],
-    )
+make_listing = batching.make_listing
 
 
 def _events(
@@ -346,25 +331,16 @@ def _record(
     state: SqsState,
     fresh: list[S3Event],
     result: SqsTickResult,
-    job_name: str,
 ) -> None:
-    """Store the listings, then the state (seen + pending): after this, messages may go."""
+    """Store the listings and their pending markers, then the seen set: then messages may go."""
     if fresh:
-        conditional = conditional_writes(
-            s3, settings.s3_endpoint_url, settings.artifacts_bucket, settings.s3_conditional_writes
-        )
         objects = [e.obj for e in fresh]
-        for group in cur.batches(objects, settings.ingest_batch_size):
-            listing = make_listing(group, settings.raw_bucket, settings.raw_prefix)
-            ri.put_listing(s3, settings.artifacts_bucket, listing, conditional)
-            result.new_partitions.append(listing.partition)
+        scope = batching.scope_id(key)
+        result.new_partitions = batching.store_batches(
+            s3, settings, scope, objects, settings.raw_prefix
+        )
     for event in fresh:
         state.remember(event)
-    pending = list(dict.fromkeys([*state.pending, *result.new_partitions]))
-    # Re-request batches whose run does not exist yet (run_key makes this safe) or failed.
-    review = review_pending(instance, pending, job_name, max_retries=settings.run_retries)
-    state.pending = review.pending
-    result.run_requests = review.requests
     instance.run_storage.set_cursor_values({key: state.to_json()})
 
 
@@ -381,20 +357,24 @@ def evaluate_sqs_tick(
     """Receive events, store a listing per new batch, record, delete; return the run requests."""
     key = state_key(queue_url)
     state = SqsState.from_json(instance.run_storage.get_cursor_values({key}).get(key))
-    limit = settings.ingest_batch_size * ri.MAX_BATCHES_PER_TICK
+    limit = settings.ingest_batch_size * batching.MAX_BATCHES_PER_TICK
     messages = _receive(sqs, queue_url, limit, wait_seconds)
     result = SqsTickResult(received=len(messages))
     try:
         events, handled = _events(messages, s3, settings, result)
         fresh = select_new(events, state, result)
         result.new_objects = len(fresh)
-        _record(instance, s3, settings, key, state, fresh, result, job_name)
+        _record(instance, s3, settings, key, state, fresh, result)
     except Exception:
         _release(sqs, queue_url, messages)
         raise
     result.deleted = _delete(sqs, queue_url, handled)
+    # Which batches need a run comes from their markers in S3, never from state a tick
+    # rewrites: a tick that overran its timeout cannot drop the next tick's batches.
+    review = batching.review(instance, s3, settings, batching.scope_id(key), job_name)
+    result.run_requests = review.requests
     # the store holds the (large) seen set; the Dagster cursor is a summary for the UI
-    summary = {"pending": state.pending, "seen": len(state.seen), "received": len(messages)}
+    summary = {"pending": len(review.pending), "seen": len(state.seen), "received": len(messages)}
     result.cursor = json.dumps(summary, separators=(",", ":"))
     if not result.run_requests:
         result.skip_reason = (
@@ -432,16 +412,6 @@ def build_sqs_sensor(job: Any, settings: Settings, interval: int = 30) -> dg.Sen
             job.name,
             wait_seconds=sqs.wait_seconds,
         )
-        if tick.skip_reason:
-            return dg.SensorResult(skip_reason=dg.SkipReason(tick.skip_reason), cursor=tick.cursor)
-        return dg.SensorResult(
-            run_requests=tick.run_requests,
-            dynamic_partitions_requests=[
-                ri.raw_batches_partitions.build_add_request(
-                    [r.partition_key for r in tick.run_requests if r.partition_key]
-                )
-            ],
-            cursor=tick.cursor,
-        )
+        return batching.sensor_result(tick.run_requests, tick.cursor, tick.skip_reason)
 
     return raw_images_sqs_sensor
