@@ -216,3 +216,37 @@ def test_cli_ls_to_coco_counts_other_result_types(tmp_path: Path) -> None:
     coco = json.loads(out.read_text())
     boxes = sum(len(t["annotations"][0]["result"]) for t in export) - 2
     assert len(coco["annotations"]) == boxes
+
+
+def test_annotation_refreshes_do_only_new_work(two_variants: Settings, s3, tmp_path: Path) -> None:
+    """A refresh with nothing new remakes no COCO; a changed export is the only one converted,
+    its images are resolved in its own prefix only, and only its partition is rebuilt."""
+    from pipeline_helpers import instance, materializations
+
+    from pixelpipe.definitions import build_definitions
+
+    settings = two_variants
+    prefix = unique_prefix(settings, "incr")
+    data = tmp_path / "data"
+    generate(data, 3, seed=21)
+    upload_dataset(data, settings, prefix)
+    (run,) = poll(settings.model_copy(update={"raw_prefix": prefix}), prefix, echo=print)
+    assert run.success
+    job = build_definitions(settings).resolve_job_def("annotations_job")
+    inst = instance(settings)
+
+    again = materializations(job.execute_in_process(instance=inst))
+    assert again["coco_annotations"]["partitions_rebuilt"] == 0
+    assert again["coco_annotations"]["partitions_reused"] >= 1
+    assert again["raw_annotations"]["exports_converted"] == 0
+    assert again["raw_annotations"]["raw_prefixes_listed"] == "none"
+
+    export_path = data / "annotations" / "export.json"
+    export = json.loads(export_path.read_text())
+    export[0]["annotations"][0]["result"][0]["value"]["x"] += 5.0  # a person moves one box
+    export_path.write_text(json.dumps(export))
+    upload_dataset(data, settings, prefix)
+    relabelled = materializations(job.execute_in_process(instance=inst))
+    assert relabelled["raw_annotations"]["exports_converted"] == 1
+    assert relabelled["raw_annotations"]["raw_prefixes_listed"] == prefix
+    assert relabelled["coco_annotations"]["partitions_rebuilt"] == 1

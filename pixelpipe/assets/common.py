@@ -10,8 +10,8 @@ import dagster as dg
 from pixelpipe import manifests as mf
 from pixelpipe.io_managers.staging import run_manifest_uri
 from pixelpipe.storage.keys import bounded_stem, relative_key
+from pixelpipe.storage.layout import RAW_BOXES_KEY
 
-RAW_BOXES_KEY = "annotations/raw_boxes.json"
 CHECK_NAMES = ("manifest_valid", "outputs_exist", "counts_add_up")
 CHECK_DESCRIPTIONS = {
     "manifest_valid": "the manifest validates against its committed JSON Schema",
