@@ -446,6 +446,32 @@ def bench_training(
         _publish(settings, "training", out)
 
 
+@bench_app.command("sensor")
+def bench_sensor(
+    objects: str = typer.Option("10000,100000", "--objects", help="object counts, comma-separated"),
+    repeats: int = typer.Option(3, "--repeats", min=1),
+    out: Path = typer.Option(Path("reports/bench/sensor"), "--out"),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as a JSON list"),
+    publish_results: bool = typer.Option(True, "--publish/--no-publish"),
+) -> None:
+    """Polling sensor: idle tick vs a bare listing, cursor bytes, peak RSS, a drop to batches."""
+    import json
+
+    from pixelpipe.bench.sensor import run_bench
+    from pixelpipe.resources.s3 import client_from_settings
+
+    settings = _settings()
+    counts = [int(n) for n in objects.split(",")]
+    rows = run_bench(client_from_settings(settings), settings, counts, repeats, out)
+    if as_json:
+        typer.echo(json.dumps(rows))
+    else:
+        _echo_rows(rows)
+    if publish_results:
+        metrics = {f"idle_over_bare_{r['objects']}": r["idle_over_bare"] for r in rows}
+        _publish(settings, "sensor", out, metrics)
+
+
 @bench_app.command("serve")
 def bench_serve(
     concurrency: int = typer.Option(8, "--concurrency", min=1),

@@ -5,42 +5,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import boto3
 import dagster as dg
-from botocore.config import Config
 
 from pixelpipe.settings import Settings, get_settings
+from pixelpipe.storage.client import make_client
 
-
-def make_client(
-    endpoint_url: str | None,
-    access_key: str | None,
-    secret_key: str | None,
-    region: str,
-    *,
-    max_attempts: int = 5,
-    max_pool_connections: int = 64,
-) -> Any:
-    """A thread-safe boto3 S3 client; path-style addressing so any S3 server works."""
-    config = Config(
-        region_name=region,
-        retries={"max_attempts": max_attempts, "mode": "adaptive"},
-        max_pool_connections=max_pool_connections,
-        s3={"addressing_style": "path"},
-        # S3-compatible servers differ on the newer default checksums; send them only when required
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        connect_timeout=10,
-        read_timeout=120,
-    )
-    session = boto3.session.Session()
-    return session.client(
-        "s3",
-        endpoint_url=endpoint_url or None,
-        aws_access_key_id=access_key or None,
-        aws_secret_access_key=secret_key or None,
-        config=config,
-    )
+__all__ = ["S3Resource", "client_from_settings", "make_client"]
 
 
 def client_from_settings(settings: Settings | None = None) -> Any:

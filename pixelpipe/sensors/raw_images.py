@@ -66,11 +66,11 @@ def is_image_key(prefix: str, annotations_prefix: str) -> Callable[[str], bool]:
     return check
 
 
-def _load_state(instance: dg.DagsterInstance, key: str) -> cur.CursorState:
+def _load_state(instance: dg.DagsterInstance, key: str) -> tuple[cur.CursorState, str]:
     raw = instance.run_storage.get_cursor_values({key}).get(key)
     if not raw:
-        return cur.CursorState()
-    return cur.CursorState.from_json(json.loads(raw)["scan"])
+        return cur.CursorState(), ""
+    return cur.CursorState.from_json(json.loads(raw)["scan"]), raw
 
 
 def evaluate_tick(
@@ -92,7 +92,7 @@ def evaluate_tick(
     bucket = settings.raw_bucket
     key = cursor_key(bucket, prefix)
     scope = batching.scope_id(key)
-    state = _load_state(instance, key)
+    state, stored = _load_state(instance, key)
     state.archive, archive_etag = seen_archive.load(s3, settings.artifacts_bucket, scope)
     scan_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     listing = cur.Listing(
@@ -119,7 +119,9 @@ def evaluate_tick(
     result.new_partitions = batching.store_batches(s3, settings, scope, scan.new, prefix)
     if scan.archived:
         seen_archive.save(s3, settings.artifacts_bucket, scope, scan.state.archive, archive_etag)
-    instance.run_storage.set_cursor_values({key: json.dumps({"scan": scan.state.to_json()})})
+    updated = json.dumps({"scan": scan.state.to_json()})
+    if updated != stored:  # an idle tick writes nothing
+        instance.run_storage.set_cursor_values({key: updated})
     # Re-request batches whose run does not exist yet (run_key makes this safe, and a tick
     # that died after storing its listings cannot lose a batch) or failed, within RUN_RETRIES.
     review = batching.review(
