@@ -61,7 +61,7 @@ def test_good_and_corrupt_inputs(tmp_path: Path) -> None:
 
     assert ok.ok and ok.reason is None
     assert [item["rel_path"] for item in ok.items] == [
-        f"b-0001/pets/good__c{i}.jpg" for i in range(3)
+        f"b-0001/pets/good__c{i}-{item['sha256'][:12]}.jpg" for i, item in enumerate(ok.items)
     ]
     for index, item in enumerate(ok.items):
         written = (out / item["rel_path"]).read_bytes()
@@ -77,6 +77,7 @@ def test_good_and_corrupt_inputs(tmp_path: Path) -> None:
         ]
     assert len({item["seed"] for item in ok.items}) == 3
     assert ok.decode_s > 0 and ok.encode_s > 0
+    assert not [p for p in out.rglob("*.tmp")]  # no temporary file left behind
 
     assert not bad.ok and bad.items == []
     assert bad.reason is not None and bad.reason.startswith("truncated file")
@@ -126,3 +127,14 @@ def test_baseline_loop_counts_readable_images(tmp_path: Path) -> None:
     paths = [_image(tmp_path / f"b{i}.jpg", 20 + i) for i in range(3)]
     (tmp_path / "junk.jpg").write_text("junk")
     assert baseline_loop([*paths, tmp_path / "junk.jpg"], DEFAULT_SPEC, 90) == 3
+
+
+def test_a_full_disk_fails_the_task_loudly_not_as_a_bad_image(tmp_path: Path) -> None:
+    """Writing an output is the step's business: a disk error is raised, never a failure entry."""
+    from pixelpipe.imaging.files import WriteError
+
+    source = _image(tmp_path / "a.jpg", 2)
+    blocked = tmp_path / "out"
+    blocked.write_text("a file where the output folder must be")
+    with pytest.raises(WriteError, match="cannot write"):
+        process_task(_task(source, blocked, "a"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -28,5 +29,6 @@ def write_atomic(dest: Path, data: bytes) -> None:
             out.write(data)
         os.replace(tmp, dest)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise WriteError(f"cannot write {dest}: {exc.strerror or exc}") from None
