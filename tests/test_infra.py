@@ -1136,11 +1136,21 @@ def _moto_override(url: str) -> str:
 
 @dataclass
 class MotoDeployment:
-    """The aws root applied on a moto server: its endpoint, outputs and state."""
+    """The aws root applied on a moto server: its endpoint and `terraform output -json`."""
 
     url: str
     outputs: dict[str, Any]
-    state: dict[str, Any]
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="moto",
+            aws_secret_access_key="moto",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -1158,7 +1168,6 @@ def moto_deployment(
     """
     import logging
 
-    import boto3
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
@@ -1170,13 +1179,7 @@ def moto_deployment(
             host, port = server.get_host_and_port()
             url = f"http://{host}:{port}"
             tf.env |= {"AWS_ACCESS_KEY_ID": "moto", "AWS_SECRET_ACCESS_KEY": "moto"}
-            ec2 = boto3.client(
-                "ec2",
-                endpoint_url=url,
-                region_name="us-east-1",
-                aws_access_key_id="moto",
-                aws_secret_access_key="moto",
-            )
+            ec2 = MotoDeployment(url, {}).client("ec2")
             vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
             subnets = [
                 ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"]
@@ -1197,9 +1200,7 @@ def moto_deployment(
             )
             tf("aws", "init", backend=False)
             tf("aws", "apply", var_files=["example.tfvars", "moto.tfvars.json"])
-            outputs = tf("aws", "output").value
-            state = tf("aws", "show").value
-            yield MotoDeployment(url, outputs, state)
+            yield MotoDeployment(url, tf("aws", "output").value)
         finally:
             server.stop()
             tf.record(lambda name, value: record_testsuite_property(f"{name} (moto)", value))
@@ -1226,17 +1227,6 @@ def test_aws_root_applies_on_moto_and_infra_verify_passes_on_its_outputs(
     )
 
 
-def _state_resource(state: dict[str, Any], address: str) -> dict[str, Any]:
-    modules = [state["values"]["root_module"]]
-    while modules:
-        module = modules.pop()
-        modules += module.get("child_modules", [])
-        for resource in module.get("resources", []):
-            if resource["address"] == address:
-                return resource["values"]
-    raise AssertionError(f"{address} is not in the state")
-
-
 def _env_refs(node: Any) -> Iterator[str]:
     """Names of every `{env: NAME}` in a Dagster config tree."""
     if isinstance(node, dict):
@@ -1252,26 +1242,25 @@ def _env_refs(node: Any) -> Iterator[str]:
 def test_every_ecs_container_runs_deploy_dagster_yaml_with_what_it_reads(
     moto_deployment: MotoDeployment,
 ) -> None:
+    """What ECS holds after the apply: each task definition's instance config and environment."""
+    ecs = moto_deployment.client("ecs")
+    outputs = {name: entry["value"] for name, entry in moto_deployment.outputs.items()}
     production = yaml.safe_load(DEPLOY_DAGSTER_YAML.read_text())
-    tasks = {"webserver": "fargate", "daemon": "fargate", "run": "fargate"}
-    tasks |= {"training": "gpu", "performance": "gpu"}
-    for task, kind in tasks.items():
-        address = f'module.compute.aws_ecs_task_definition.{kind}["{task}"]'
-        definition = _state_resource(moto_deployment.state, address)
-        (container,) = json.loads(definition["container_definitions"])
+    definitions = outputs["ecs_task_definition_arns"]
+    assert set(definitions) == {"webserver", "daemon", "run", "training", "performance"}
+    for task, arn in definitions.items():
+        definition = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
+        (container,) = definition["containerDefinitions"]
         env = {e["name"]: e["value"] for e in container["environment"]}
         rendered = yaml.safe_load(env["DAGSTER_INSTANCE_YAML"])
 
         assert rendered == production, f"{task} runs another instance config"
         given = set(env) | {s["name"] for s in container["secrets"]}
         assert set(_env_refs(rendered)) <= given, f"{task} lacks {set(_env_refs(rendered)) - given}"
-        run_family = env["DAGSTER_RUN_TASK_DEFINITION"]
-    run = _state_resource(
-        moto_deployment.state, 'module.compute.aws_ecs_task_definition.fargate["run"]'
-    )
-    assert run_family == run["family"]
+        run = ecs.describe_task_definition(taskDefinition=env["DAGSTER_RUN_TASK_DEFINITION"])
+        assert run["taskDefinition"]["taskDefinitionArn"] == definitions["run"]
 
-    # the production promises: one run per batch partition, runs watched and retried boundedly
+    # what ECS runs promises: one run per batch partition, runs watched and retried boundedly
     limits = rendered["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert {
         "key": "pixelpipe/batch",
@@ -1284,6 +1273,11 @@ def test_every_ecs_container_runs_deploy_dagster_yaml_with_what_it_reads(
         "max_retries": 3,
         "retry_on_asset_or_op_failure": True,
     }
-    for service in ("webserver", "daemon"):
-        address = f'module.compute.aws_ecs_service.dagster["{service}"]'
-        assert _state_resource(moto_deployment.state, address)["desired_count"] == 1
+    # with image_tag given, each Dagster service runs one task
+    services = ecs.describe_services(
+        cluster=outputs["ecs_cluster_name"], services=list(outputs["ecs_service_names"].values())
+    )["services"]
+    assert sorted((s["serviceName"], s["desiredCount"]) for s in services) == [
+        ("pixelpipe-daemon", 1),
+        ("pixelpipe-webserver", 1),
+    ]
