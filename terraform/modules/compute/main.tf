@@ -14,61 +14,20 @@ locals {
   dagster_home = "/opt/dagster/home"
   gpu_ami_id   = coalesce(var.gpu_ami_id, one(data.aws_ssm_parameter.gpu_ami[*].insecure_value))
 
-  # dagster.yaml as JSON (valid YAML); it names the run task family, not its ARN, so the run
-  # task definition can carry it without referring to itself.
-  dagster_instance = {
-    storage = {
-      postgres = {
-        postgres_db = {
-          hostname = { env = "DAGSTER_PG_HOST" }
-          port     = var.dagster_postgres.port
-          db_name  = { env = "DAGSTER_PG_DB" }
-          username = { env = "DAGSTER_PG_USERNAME" }
-          password = { env = "DAGSTER_PG_PASSWORD" }
-        }
-      }
-    }
-    run_coordinator = {
-      module = "dagster._core.run_coordinator"
-      class  = "QueuedRunCoordinator"
-      config = { max_concurrent_runs = var.max_concurrent_runs }
-    }
-    run_launcher = {
-      module = "dagster_aws.ecs"
-      class  = "EcsRunLauncher"
-      config = {
-        task_definition             = "${var.name_prefix}-run"
-        container_name              = "run"
-        secrets_tag                 = null
-        use_current_ecs_task_config = false
-        run_task_kwargs = {
-          cluster    = local.cluster_name
-          launchType = "FARGATE"
-          networkConfiguration = {
-            awsvpcConfiguration = {
-              subnets        = var.subnet_ids
-              securityGroups = var.security_group_ids
-              assignPublicIp = "DISABLED"
-            }
-          }
-        }
-      }
-    }
-    compute_logs = {
-      module = "dagster_aws.s3.compute_log_manager"
-      class  = "S3ComputeLogManager"
-      config = { bucket = var.compute_log_bucket, prefix = "dagster/compute-logs" }
-    }
-    telemetry = { enabled = false }
-  }
+  # Until an image tag is given nothing may start: the repositories are still empty.
+  deployed  = var.image_tag != null
+  image_tag = coalesce(var.image_tag, "not-deployed")
 
   environment = [
     for name, value in merge(var.app_env, {
       DAGSTER_HOME          = local.dagster_home
-      DAGSTER_INSTANCE_YAML = jsonencode(local.dagster_instance)
+      DAGSTER_INSTANCE_YAML = var.dagster_instance_yaml
       DAGSTER_PG_HOST       = var.dagster_postgres.host
+      DAGSTER_PG_PORT       = var.dagster_postgres.port
       DAGSTER_PG_DB         = var.dagster_postgres.database
       DAGSTER_PG_USERNAME   = var.dagster_postgres.username
+      # EcsRunLauncher starts the latest revision of this family for every run
+      DAGSTER_RUN_TASK_DEFINITION = "${var.name_prefix}-run"
     }) : { name = name, value = tostring(value) }
   ]
 
@@ -240,7 +199,7 @@ resource "aws_ecs_task_definition" "fargate" {
 
   container_definitions = jsonencode([{
     name         = each.key
-    image        = "${var.image_urls["pipeline"]}:${var.image_tag}"
+    image        = "${var.image_urls["pipeline"]}:${local.image_tag}"
     essential    = true
     entryPoint   = local.entry_point
     command      = each.value.command
@@ -271,7 +230,7 @@ resource "aws_ecs_task_definition" "gpu" {
 
   container_definitions = jsonencode([{
     name        = each.key
-    image       = "${var.image_urls["training"]}:${var.image_tag}"
+    image       = "${var.image_urls["training"]}:${local.image_tag}"
     essential   = true
     entryPoint  = local.entry_point
     command     = each.value
@@ -301,8 +260,10 @@ resource "aws_ecs_service" "dagster" {
   name            = "${var.name_prefix}-${each.key}"
   cluster         = aws_ecs_cluster.this.id
   task_definition = aws_ecs_task_definition.fargate[each.key].arn
-  desired_count   = 1
-  launch_type     = "FARGATE"
+  # Zero tasks until the images are pushed and image_tag names them: a first deployment that
+  # cannot pull its image would trip the circuit breaker and roll back to nothing.
+  desired_count = local.deployed ? 1 : 0
+  launch_type   = "FARGATE"
 
   # Two daemons must never run at once: stop the old one before the new one starts.
   deployment_minimum_healthy_percent = each.key == "daemon" ? 0 : 100

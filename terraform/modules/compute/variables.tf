@@ -10,7 +10,13 @@ variable "image_urls" {
 
 variable "image_tag" {
   type        = string
-  description = "Immutable image tag to deploy, e.g. the git commit."
+  description = "Immutable image tag to deploy, e.g. the git commit; null (before the first push) keeps the services at zero tasks."
+  default     = null
+}
+
+variable "dagster_instance_yaml" {
+  type        = string
+  description = "Dagster instance config (deploy/dagster.yaml) every container writes to DAGSTER_HOME/dagster.yaml at start."
 }
 
 variable "app_env" {
@@ -48,11 +54,6 @@ variable "instance_profile_name" {
   description = "Instance profile of the GPU container instances."
 }
 
-variable "compute_log_bucket" {
-  type        = string
-  description = "Bucket for Dagster's captured stdout/stderr (the artifacts bucket)."
-}
-
 variable "dagster_postgres" {
   type = object({
     host                = string
@@ -62,12 +63,6 @@ variable "dagster_postgres" {
     password_secret_arn = string
   })
   description = "Postgres that holds Dagster's run, event and schedule storage; the password comes from Secrets Manager."
-}
-
-variable "max_concurrent_runs" {
-  type        = number
-  description = "Most Dagster runs (ECS tasks) in flight at once."
-  default     = 8
 }
 
 variable "webserver" {
@@ -102,8 +97,8 @@ variable "gpu_ami_id" {
 
 variable "gpu_ami_ssm_parameter" {
   type        = string
-  description = "Public SSM parameter holding the recommended ECS GPU-optimized AMI."
-  default     = "/aws/service/ecs/optimized-ami/amazon-linux-2/gpu/recommended/image_id"
+  description = "Public SSM parameter holding the recommended ECS GPU-optimized AMI (Amazon Linux 2023)."
+  default     = "/aws/service/ecs/optimized-ami/amazon-linux-2023/gpu/recommended/image_id"
 }
 
 variable "gpu_max_instances" {

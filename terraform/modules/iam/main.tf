@@ -59,6 +59,23 @@ data "aws_iam_policy_document" "execution" {
       resources = var.secret_arns
     }
   }
+
+  # A secret under a customer managed key cannot be read without Decrypt on that key.
+  dynamic "statement" {
+    for_each = length(var.secret_kms_key_arns) > 0 ? [1] : []
+
+    content {
+      sid       = "DecryptInjectedSecrets"
+      actions   = ["kms:Decrypt"]
+      resources = var.secret_kms_key_arns
+
+      condition {
+        test     = "StringLike"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.*.amazonaws.com"]
+      }
+    }
+  }
 }
 
 resource "aws_iam_role_policy" "execution" {
@@ -187,9 +204,10 @@ data "aws_iam_policy_document" "launcher" {
   }
 
   statement {
-    # DescribeTaskDefinition has no resource-level permissions.
-    sid       = "ReadTaskDefinitions"
-    actions   = ["ecs:DescribeTaskDefinition"]
+    # Neither has resource-level permissions. use_current_ecs_task_config (deploy/dagster.yaml)
+    # reads the daemon's own subnets and security groups from its network interface.
+    sid       = "ReadTaskDefinitionsAndNetwork"
+    actions   = ["ecs:DescribeTaskDefinition", "ec2:DescribeNetworkInterfaces"]
     resources = ["*"]
   }
 

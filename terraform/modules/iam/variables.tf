@@ -36,6 +36,12 @@ variable "secret_arns" {
   default     = []
 }
 
+variable "secret_kms_key_arns" {
+  type        = list(string)
+  description = "Customer managed KMS keys the injected secrets are encrypted with (empty for the AWS managed key)."
+  default     = []
+}
+
 variable "cluster_arn" {
   type        = string
   description = "ECS cluster that runs and scheduled tasks are confined to."

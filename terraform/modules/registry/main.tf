@@ -17,6 +17,8 @@ resource "aws_ecr_repository" "this" {
   }
 }
 
+# Release tags (what image_tag deploys) never expire here: removing one is a deliberate act.
+# Only untagged images and scratch builds under scratch_tag_prefixes are pruned.
 resource "aws_ecr_lifecycle_policy" "this" {
   for_each = toset(var.repositories)
 
@@ -37,14 +39,22 @@ resource "aws_ecr_lifecycle_policy" "this" {
       },
       {
         rulePriority = 2
-        description  = "Keep the newest images only"
+        description  = "Keep the newest scratch builds only"
         selection = {
-          tagStatus   = "any"
-          countType   = "imageCountMoreThan"
-          countNumber = var.kept_images
+          tagStatus     = "tagged"
+          tagPrefixList = var.scratch_tag_prefixes
+          countType     = "imageCountMoreThan"
+          countNumber   = var.kept_scratch_images
         }
         action = { type = "expire" }
       },
     ]
   })
+
+  lifecycle {
+    precondition {
+      condition     = var.protected_tag == null || !anytrue([for p in var.scratch_tag_prefixes : startswith(coalesce(var.protected_tag, "-"), p)])
+      error_message = "image_tag ${coalesce(var.protected_tag, "-")} starts with a scratch prefix (${join(", ", var.scratch_tag_prefixes)}) that the ECR lifecycle policy expires: deploy a release tag."
+    }
+  }
 }

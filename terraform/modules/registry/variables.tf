@@ -21,10 +21,22 @@ variable "untagged_image_days" {
   default     = 7
 }
 
-variable "kept_images" {
+variable "scratch_tag_prefixes" {
+  type        = list(string)
+  description = "Tag prefixes of scratch builds (branches, CI) that expire beyond kept_scratch_images; a deployed tag must not use them."
+  default     = ["dev-", "ci-"]
+}
+
+variable "kept_scratch_images" {
   type        = number
-  description = "Most images kept per repository; older ones expire."
-  default     = 50
+  description = "Newest scratch builds kept per repository; older ones expire."
+  default     = 20
+}
+
+variable "protected_tag" {
+  type        = string
+  description = "The tag deployed now (image_tag); the plan fails if the lifecycle policy could expire it."
+  default     = null
 }
 
 variable "force_delete" {

@@ -129,7 +129,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
   }
 
   dynamic "rule" {
-    for_each = each.key == "artifacts" ? var.report_prefixes : []
+    for_each = each.key == "artifacts" && var.lifecycle_transitions ? var.report_prefixes : []
 
     content {
       id     = "tier-${trimsuffix(rule.value, "/")}"

@@ -60,6 +60,12 @@ variable "lifecycle_rules" {
   default     = true
 }
 
+variable "lifecycle_transitions" {
+  type        = bool
+  description = "Include the storage-class transitions of reports (STANDARD_IA, GLACIER_IR); off for servers that answer 501 to them (SeaweedFS)."
+  default     = true
+}
+
 variable "abort_multipart_days" {
   type        = number
   description = "Days after which an unfinished multipart upload is aborted and its parts deleted."
