@@ -440,6 +440,19 @@ def test_every_instance_runs_one_batch_at_a_time_watches_and_retries_runs(name: 
     assert raw["run_retries"] == RUN_RETRIES
 
 
+def test_the_devstack_instance_limits_and_retries_batches_like_production() -> None:
+    """`make demo` and `dagster dev` on the devstack run under the same rules as ECS, and the
+    RUN_RETRIES default (what `pixelpipe poll` and the dagster/max_retries tag use) agrees."""
+    from pixelpipe.devstack.stack import DAGSTER_YAML
+    from pixelpipe.settings import Settings
+
+    raw = yaml.safe_load(DAGSTER_YAML)
+    assert ONE_RUN_PER_BATCH in raw["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert raw["run_monitoring"]["enabled"] is True
+    assert raw["run_retries"] == _instance_config("dagster.yaml")["run_retries"] == RUN_RETRIES
+    assert Settings().run_retries == RUN_RETRIES["max_retries"]
+
+
 @pytest.mark.parametrize("name", ["dagster.local.yaml", "dagster-k8s.yaml"])
 def test_local_and_kubernetes_instances_validate_without_literal_secrets(
     name: str, tmp_path: Path
