@@ -217,16 +217,16 @@ def _record(
     key: str,
     fresh: list[S3Event],
     result: SqsTickResult,
-) -> int:
-    """Store the listings and their pending markers, then the seen set; its size."""
-    stored = instance.run_storage.get_cursor_values({key}).get(key)
+) -> int | None:
+    """Store the listings and their pending markers, then the seen set; its size (None: same)."""
     if not fresh:
-        return len(SeenEvents.from_json(stored).seen)
+        return None
     objects = [e.info() for e in fresh]
     result.new_partitions = batching.store_batches(
         s3, settings, batching.scope_id(key), objects, settings.raw_prefix
     )
     # merged into what is stored now: an overlapping tick may have saved its own events meanwhile
+    stored = instance.run_storage.get_cursor_values({key}).get(key)
     seen = SeenEvents.from_json(stored).updated(fresh)
     instance.run_storage.set_cursor_values({key: seen.to_json()})
     return len(seen.seen)
@@ -313,7 +313,7 @@ def evaluate_sqs_tick(
         events = _candidates(parsed, s3, settings, result)
         fresh, result.duplicates = select_new(events, seen.seen)
         result.new_objects = len(fresh)
-        seen_count = _record(instance, s3, settings, key, fresh, result)
+        saved = _record(instance, s3, settings, key, fresh, result)
     except Exception:
         # Not the messages' fault: they stay invisible until their visibility timeout ends, so
         # a failing tick every interval does not charge them a receive each time.
@@ -334,6 +334,7 @@ def evaluate_sqs_tick(
     review = batching.review(instance, s3, settings, batching.scope_id(key), job_name)
     result.run_requests = review.requests
     # the store holds the (large) seen set; the Dagster cursor is a summary for the UI
+    seen_count = len(seen.seen) if saved is None else saved
     summary = {"pending": len(review.pending), "seen": seen_count, "received": len(messages)}
     result.cursor = json.dumps(summary, separators=(",", ":"))
     if not result.run_requests:
