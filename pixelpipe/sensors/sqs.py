@@ -160,7 +160,9 @@ def _chunks(messages: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield messages[start : start + SQS_BATCH]
 
 
-def _delete(sqs: Any, queue_url: str, messages: list[dict[str, Any]], logger: Any) -> int:
+def _delete(
+    sqs: Any, queue_url: str, messages: list[dict[str, Any]], logger: logging.Logger
+) -> int:
     deleted = 0
     for chunk in _chunks(messages):
         entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)]
@@ -247,7 +249,7 @@ def _dead_letter(
     sqs: Any,
     queue_url: str,
     poison: list[tuple[dict[str, Any], ParsedMessage]],
-    logger: Any,
+    logger: logging.Logger,
 ) -> list[dict[str, Any]]:
     """Send poison messages to the dead-letter queue with their reason; the ones sent."""
     if not poison:
@@ -300,7 +302,7 @@ def evaluate_sqs_tick(
     *,
     wait_seconds: int = RECEIVE_WAIT_SECONDS,
     visibility_timeout: int = VISIBILITY_TIMEOUT_SECONDS,
-    logger: Any = log,
+    logger: logging.Logger = log,
 ) -> SqsTickResult:
     """Receive events, store a listing per new batch, record, delete; return the run requests."""
     key = state_key(queue_url)
@@ -317,11 +319,12 @@ def evaluate_sqs_tick(
     except Exception:
         # Not the messages' fault: they stay invisible until their visibility timeout ends, so
         # a failing tick every interval does not charge them a receive each time.
-        logger.error(
-            "%d SQS messages left in flight for %d s after this failure",
-            len(messages),
-            visibility_timeout,
-        )
+        if messages:
+            logger.error(
+                "%d SQS messages left in flight for %d s after this failure",
+                len(messages),
+                visibility_timeout,
+            )
         raise
     poison = [(m, p) for m, p in zip(messages, parsed, strict=True) if p.poison]
     result.poison = len(poison)
@@ -342,7 +345,8 @@ def evaluate_sqs_tick(
             f"no new images from {queue_url} ({result.received} messages: "
             f"{result.duplicates} duplicates, {result.ignored} not images under "
             f"s3://{settings.raw_bucket}/{settings.raw_prefix}/, {result.test_events} test events, "
-            f"{result.poison} malformed ({result.dead_lettered} sent to the dead-letter queue))"
+            f"{result.poison} malformed: {result.dead_lettered} sent to the dead-letter queue, "
+            f"{result.poison - result.dead_lettered} kept in the queue)"
         )
     return result
 
