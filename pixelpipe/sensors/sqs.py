@@ -1,47 +1,59 @@
 """Event sensor (INGEST_MODE=sqs): S3 event notifications from SQS become the polling batches.
 
-Each tick receives up to `ingest_batch_size * MAX_BATCHES_PER_TICK` messages (the S3 event
-JSON, raw or wrapped in an SNS envelope), turns ObjectCreated:* records into `ObjectInfo`s
-(URL-decoded key, ETag, size, eventTime), keeps images under RAW_PREFIX with the polling
-sensor's predicate, drops duplicate and stale events, and batches the rest with the polling
-sensor's `partition_name` and listing writer, so both modes produce the same partitions, listing
-objects and run requests. Messages are deleted only after every listing is stored and the
-pending batches are recorded in the instance's key-value store; a failure before that makes
-them visible again at once, so the next tick sees them. Bodies that are not S3 events stay in
-the queue, where the queue's redrive policy moves them to its dead-letter queue.
+Each tick first checks that ARTIFACTS_BUCKET and the Dagster instance answer (so an outage of
+either fails the tick before any message is received and charged a receive), then receives up
+to `ingest_batch_size * MAX_BATCHES_PER_TICK` messages (the S3 event JSON, raw or wrapped in an
+SNS envelope). Each message is parsed and checked on its own (`s3_events`): ObjectCreated:*
+images under RAW_PREFIX are batched with the polling sensor's partition names and listings, so
+both modes produce the same partitions, listing objects and run requests.
 
-Duplicates: S3 delivers events at least once. The store remembers the newest (ETag, sequencer)
-of the last `SEEN_LIMIT` keys; an event for a key with the same ETag, or with an older
-sequencer (a late event for an overwritten key), is a duplicate.
+- A message is deleted only after its batch listings and pending markers are stored and the
+  seen set is saved.
+- A poison message (not JSON, not an S3 event, or a record of the wrong shape) never fails the
+  tick: its usable records are batched and the body is sent to the queue's dead-letter queue
+  (the redrive policy's deadLetterTargetArn) with `pixelpipe.reason` saying why, then deleted.
+  A queue without a dead-letter queue keeps it: it is logged and comes back after its
+  visibility timeout, because deleting it would lose the only copy.
+- A failure that is not a message's fault (S3, the instance) after messages were received
+  leaves them invisible until their visibility timeout ends: a failing tick every 30 s charges
+  each message one receive per visibility window, not one per tick, against maxReceiveCount.
+
+Duplicates: S3 delivers events at least once. The instance's key-value store remembers the
+newest (ETag, sequencer) of the last `SEEN_LIMIT` keys; an event for a key with the same ETag,
+or with an older sequencer (a late event for an overwritten key), is a duplicate.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote_plus
 
 import dagster as dg
 
 from pixelpipe.resources.s3 import S3Resource
 from pixelpipe.sensors import batching
 from pixelpipe.sensors import raw_images as ri
+from pixelpipe.sensors.s3_events import (
+    ParsedMessage,
+    S3Event,
+    SeenEvents,
+    parse_message,
+    select_new,
+)
 from pixelpipe.settings import Settings, SettingsError
-from pixelpipe.storage import cursor as cur
+from pixelpipe.storage.layout import BATCHES_PREFIX
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
-SEEN_LIMIT = 10_000
 RECEIVE_WAIT_SECONDS = 1
 # Longer than a tick: a received message must stay invisible until this tick deletes it.
 VISIBILITY_TIMEOUT_SECONDS = 300
-SQS_BATCH = 10  # ReceiveMessage / DeleteMessageBatch / ChangeMessageVisibilityBatch maximum
-SEQUENCER_WIDTH = 64
+SQS_BATCH = 10  # ReceiveMessage / DeleteMessageBatch maximum
+REASON_ATTRIBUTE = "pixelpipe.reason"
+MAX_REASON_CHARS = 1000
 
 
 class SqsResource(dg.ConfigurableResource):
@@ -54,6 +66,8 @@ class SqsResource(dg.ConfigurableResource):
     secret_access_key: str | None = None
     # long polling of the receive that finds the queue empty (0 = short polling)
     wait_seconds: int = RECEIVE_WAIT_SECONDS
+    # how long a received message stays hidden: a tick's work, or the wait after a failed tick
+    visibility_timeout: int = VISIBILITY_TIMEOUT_SECONDS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqsResource:
@@ -78,52 +92,6 @@ class SqsResource(dg.ConfigurableResource):
         )
 
 
-@dataclass(frozen=True)
-class S3Event:
-    """One ObjectCreated record: the object as the event saw it, plus its ordering fields."""
-
-    bucket: str
-    obj: cur.ObjectInfo
-    sequencer: str
-
-    @property
-    def order(self) -> tuple[datetime, str, str]:
-        # the polling sensor's (time, key) order; a sequencer only orders events of one key
-        return (self.obj.last_modified, self.obj.key, _padded(self.sequencer))
-
-
-@dataclass
-class SqsState:
-    """What the event sensor keeps in the instance KV store between ticks."""
-
-    seen: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (etag, sequencer)
-    pending: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        body = {
-            "v": STATE_VERSION,
-            "seen": [[key, etag, seq] for key, (etag, seq) in self.seen.items()],
-            "pending": self.pending,
-        }
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-
-    @classmethod
-    def from_json(cls, text: str | None) -> SqsState:
-        if not text:
-            return cls()
-        body = json.loads(text)
-        if body.get("v") != STATE_VERSION:
-            raise ValueError(f"SQS sensor state v{body.get('v')!r}, expected {STATE_VERSION}")
-        seen = {str(k): (str(e), str(s)) for k, e, s in body["seen"]}
-        return cls(seen, [str(p) for p in body.get("pending", [])])
-
-    def remember(self, event: S3Event) -> None:
-        self.seen.pop(event.obj.key, None)  # re-insert: the dict's order is the eviction order
-        self.seen[event.obj.key] = (event.obj.etag, event.sequencer)
-        while len(self.seen) > SEEN_LIMIT:
-            del self.seen[next(iter(self.seen))]
-
-
 @dataclass
 class SqsTickResult:
     """What one evaluation decided and did, with counts for the tick's log."""
@@ -138,65 +106,72 @@ class SqsTickResult:
     duplicates: int = 0
     ignored: int = 0
     test_events: int = 0
-    malformed: int = 0
+    poison: int = 0
+    dead_lettered: int = 0
 
 
-class MalformedMessage(ValueError):
-    """A message body that is not an S3 event notification."""
+class IngestUnavailable(RuntimeError):
+    """ARTIFACTS_BUCKET or the Dagster instance did not answer; no message was received."""
 
 
 def state_key(queue_url: str) -> str:
     return f"pixelpipe/raw_images_sqs_sensor/{queue_url}"
 
 
-def _padded(sequencer: str) -> str:
-    # S3: compare sequencers of one key as hex strings left-padded with zeros to equal length
-    return sequencer.upper().rjust(SEQUENCER_WIDTH, "0")
-
-
-def _event_time(text: str) -> datetime:
-    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
-
-
-def parse_body(body: str) -> list[dict[str, Any]] | None:
-    """The S3 records of a message body; None for s3:TestEvent; MalformedMessage otherwise."""
+def _preflight(instance: dg.DagsterInstance, s3: Any, settings: Settings, key: str) -> SeenEvents:
+    """The seen set, once the artifacts bucket and the instance have answered a cheap read."""
+    bucket = settings.artifacts_bucket
     try:
-        doc = json.loads(body)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise MalformedMessage(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise MalformedMessage("not a JSON object")
-    if doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
-        return parse_body(doc["Message"])  # delivered through SNS without raw delivery
-    if doc.get("Event") == "s3:TestEvent":
-        return None
-    records = doc.get("Records")
-    if not isinstance(records, list):
-        raise MalformedMessage("no 'Records' list")
-    return records
-
-
-def parse_record(record: dict[str, Any], s3: Any) -> S3Event | None:
-    """An ObjectCreated:* record as an S3Event; None for other events or a vanished object."""
-    name = str(record.get("eventName", ""))
-    if record.get("eventSource", "aws:s3") != "aws:s3" or not name.startswith("ObjectCreated:"):
-        return None
+        s3.list_objects_v2(Bucket=bucket, Prefix=f"{BATCHES_PREFIX}/", MaxKeys=1)
+    except Exception as exc:
+        raise IngestUnavailable(
+            f"ARTIFACTS_BUCKET={bucket!r} did not answer a listing ({exc}); "
+            "no SQS message was received this tick"
+        ) from exc
     try:
-        bucket = record["s3"]["bucket"]["name"]
-        obj = record["s3"]["object"]
-        key = unquote_plus(obj["key"])  # S3 URL-encodes keys in events, '+' for spaces
-        stamp = _event_time(record["eventTime"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MalformedMessage(f"S3 record without {exc}") from None
-    etag, size = str(obj.get("eTag", "")).strip('"'), int(obj.get("size", 0))
-    if not etag:
-        head = _head(s3, bucket, key)
-        if head is None:
-            return None
-        etag, size = head
-    info = cur.ObjectInfo(key=key, etag=etag, last_modified=stamp, size=size)
-    return S3Event(bucket=bucket, obj=info, sequencer=str(obj.get("sequencer", "")))
+        stored = instance.run_storage.get_cursor_values({key}).get(key)
+    except Exception as exc:
+        raise IngestUnavailable(
+            f"the Dagster instance did not answer ({exc}); no SQS message was received this tick"
+        ) from exc
+    return SeenEvents.from_json(stored)
+
+
+def _receive(
+    sqs: Any, queue_url: str, limit: int, wait_seconds: int, visibility: int
+) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    while len(messages) < limit:
+        page = sqs.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=min(SQS_BATCH, limit - len(messages)),
+            WaitTimeSeconds=wait_seconds,
+            VisibilityTimeout=visibility,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        ).get("Messages", [])
+        if not page:
+            break
+        messages.extend(page)
+    return messages
+
+
+def _chunks(messages: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(messages), SQS_BATCH):
+        yield messages[start : start + SQS_BATCH]
+
+
+def _delete(
+    sqs: Any, queue_url: str, messages: list[dict[str, Any]], logger: logging.Logger
+) -> int:
+    deleted = 0
+    for chunk in _chunks(messages):
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)]
+        answer = sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        deleted += len(answer.get("Successful", []))
+        for failed in answer.get("Failed", []):
+            # redelivered later and then dropped as a duplicate
+            logger.warning("could not delete SQS message: %s", failed)
+    return deleted
 
 
 def _head(s3: Any, bucket: str, key: str) -> tuple[str, int] | None:
@@ -211,116 +186,30 @@ def _head(s3: Any, bucket: str, key: str) -> tuple[str, int] | None:
     return head["ETag"].strip('"'), int(head["ContentLength"])
 
 
-def _newer(event: S3Event, etag: str, sequencer: str) -> bool:
-    """Is `event` a newer version than the remembered (etag, sequencer) of its key?"""
-    if event.obj.etag == etag:
-        return False
-    if event.sequencer and sequencer:
-        return _padded(event.sequencer) > _padded(sequencer)
-    return True  # no sequencer to compare: a different ETag is a different object
-
-
-def select_new(events: Iterable[S3Event], state: SqsState, result: SqsTickResult) -> list[S3Event]:
-    """Drop duplicates and stale versions (within the tick and against the store), oldest first."""
-    latest: dict[str, S3Event] = {}
-    for event in sorted(events, key=lambda e: e.order):
-        known = latest.get(event.obj.key)
-        if known is not None:
-            result.duplicates += 1
-            if _newer(event, known.obj.etag, known.sequencer):
-                latest[event.obj.key] = event
-            continue
-        latest[event.obj.key] = event
-    fresh = []
-    for event in latest.values():
-        remembered = state.seen.get(event.obj.key)
-        if remembered is not None and not _newer(event, *remembered):
-            result.duplicates += 1
-            continue
-        fresh.append(event)
-    return sorted(fresh, key=lambda e: e.order)
-
-
-def _receive(sqs: Any, queue_url: str, limit: int, wait_seconds: int) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    while len(messages) < limit:
-        page = sqs.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=min(SQS_BATCH, limit - len(messages)),
-            WaitTimeSeconds=wait_seconds,
-            VisibilityTimeout=VISIBILITY_TIMEOUT_SECONDS,
-        ).get("Messages", [])
-        if not page:
-            break
-        messages.extend(page)
-    return messages
-
-
-def _chunks(messages: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(messages), SQS_BATCH):
-        yield messages[start : start + SQS_BATCH]
-
-
-def _delete(sqs: Any, queue_url: str, messages: list[dict[str, Any]]) -> int:
-    deleted = 0
-    for chunk in _chunks(messages):
-        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)]
-        answer = sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
-        deleted += len(answer.get("Successful", []))
-        for failed in answer.get("Failed", []):
-            # redelivered later and then dropped as a duplicate
-            log.warning("could not delete SQS message: %s", failed)
-    return deleted
-
-
-def _release(sqs: Any, queue_url: str, messages: list[dict[str, Any]]) -> None:
-    """Make messages visible again now, so the next tick retries them (best effort)."""
-    for chunk in _chunks(messages):
-        entries = [
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-            for i, m in enumerate(chunk)
-        ]
-        try:
-            sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)
-        except Exception as exc:  # the original error matters more than this one
-            log.warning("could not release SQS messages (they reappear later): %s", exc)
-
-
-make_listing = batching.make_listing
-
-
-def _events(
-    messages: list[dict[str, Any]], s3: Any, settings: Settings, result: SqsTickResult
-) -> tuple[list[S3Event], list[dict[str, Any]]]:
-    """Every candidate image event, and the messages that are handled once they are recorded."""
+def _candidates(
+    parsed: list[ParsedMessage], s3: Any, settings: Settings, result: SqsTickResult
+) -> list[S3Event]:
+    """Every event for an image under RAW_PREFIX, its ETag and size asked of S3 if missing."""
     prefix = settings.raw_prefix.strip("/")
     under = prefix + "/" if prefix else ""
     is_image = ri.is_image_key(prefix, settings.annotations_prefix)
     events: list[S3Event] = []
-    handled: list[dict[str, Any]] = []
-    for message in messages:
-        try:
-            records = parse_body(message.get("Body", ""))
-            parsed = [parse_record(r, s3) for r in records] if records is not None else None
-        except MalformedMessage as exc:
-            result.malformed += 1
-            log.warning("SQS message %s left for the DLQ: %s", message.get("MessageId"), exc)
-            continue
-        handled.append(message)
-        if parsed is None:
-            result.test_events += 1
-            continue
-        for event in parsed:
-            if (
-                event is None
-                or event.bucket != settings.raw_bucket
-                or not event.obj.key.startswith(under)
-                or not is_image(event.obj.key)
-            ):
+    for message in parsed:
+        result.test_events += message.test_event
+        result.ignored += message.other_records
+        for event in message.events:
+            wanted = event.bucket == settings.raw_bucket and event.key.startswith(under)
+            if not wanted or not is_image(event.key):
                 result.ignored += 1
-            else:
-                events.append(event)
-    return events, handled
+                continue
+            if not event.complete:
+                head = _head(s3, event.bucket, event.key)
+                if head is None:  # deleted since: nothing to batch
+                    result.ignored += 1
+                    continue
+                event = event.with_head(*head)
+            events.append(event)
+    return events
 
 
 def _record(
@@ -328,20 +217,79 @@ def _record(
     s3: Any,
     settings: Settings,
     key: str,
-    state: SqsState,
     fresh: list[S3Event],
     result: SqsTickResult,
-) -> None:
-    """Store the listings and their pending markers, then the seen set: then messages may go."""
-    if fresh:
-        objects = [e.obj for e in fresh]
-        scope = batching.scope_id(key)
-        result.new_partitions = batching.store_batches(
-            s3, settings, scope, objects, settings.raw_prefix
-        )
-    for event in fresh:
-        state.remember(event)
-    instance.run_storage.set_cursor_values({key: state.to_json()})
+) -> int | None:
+    """Store the listings and their pending markers, then the seen set; its size (None: same)."""
+    if not fresh:
+        return None
+    objects = [e.info() for e in fresh]
+    result.new_partitions = batching.store_batches(
+        s3, settings, batching.scope_id(key), objects, settings.raw_prefix
+    )
+    # merged into what is stored now: an overlapping tick may have saved its own events meanwhile
+    stored = instance.run_storage.get_cursor_values({key}).get(key)
+    seen = SeenEvents.from_json(stored).updated(fresh)
+    instance.run_storage.set_cursor_values({key: seen.to_json()})
+    return len(seen.seen)
+
+
+def dead_letter_url(sqs: Any, queue_url: str) -> str | None:
+    """The URL of the queue's dead-letter queue (its redrive policy's target); None if none."""
+    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+    policy = attrs.get("Attributes", {}).get("RedrivePolicy")
+    if not policy:
+        return None
+    arn = str(json.loads(policy)["deadLetterTargetArn"])  # arn:aws:sqs:<region>:<account>:<name>
+    account, name = arn.split(":")[4:6]
+    return str(sqs.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"])
+
+
+def _dead_letter(
+    sqs: Any,
+    queue_url: str,
+    poison: list[tuple[dict[str, Any], ParsedMessage]],
+    logger: logging.Logger,
+) -> list[dict[str, Any]]:
+    """Send poison messages to the dead-letter queue with their reason; the ones sent."""
+    if not poison:
+        return []
+    try:
+        target = dead_letter_url(sqs, queue_url)
+    except Exception as exc:  # the redrive policy still moves them after maxReceiveCount
+        logger.error("could not find the dead-letter queue of %s: %s", queue_url, exc)
+        return []
+    sent = []
+    for message, parsed in poison:
+        reason = "; ".join(parsed.problems)[:MAX_REASON_CHARS]
+        mid = message.get("MessageId")
+        if target is None:
+            logger.error(
+                "SQS message %s is not a valid S3 event notification (%s); %s has no "
+                "dead-letter queue, so it stays there and comes back after its visibility timeout",
+                mid,
+                reason,
+                queue_url,
+            )
+            continue
+        attributes = {
+            REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason},
+            "pixelpipe.source-queue": {"DataType": "String", "StringValue": queue_url},
+            "pixelpipe.source-message-id": {"DataType": "String", "StringValue": str(mid)},
+        }
+        count = message.get("Attributes", {}).get("ApproximateReceiveCount")
+        if count:
+            attributes["pixelpipe.receive-count"] = {"DataType": "Number", "StringValue": count}
+        try:
+            sqs.send_message(
+                QueueUrl=target, MessageBody=message.get("Body", ""), MessageAttributes=attributes
+            )
+        except Exception as exc:  # kept: the redrive policy moves it after maxReceiveCount
+            logger.error("could not send SQS message %s to %s (%s): %s", mid, target, reason, exc)
+            continue
+        logger.warning("SQS message %s sent to the dead-letter queue %s: %s", mid, target, reason)
+        sent.append(message)
+    return sent
 
 
 def evaluate_sqs_tick(
@@ -353,35 +301,52 @@ def evaluate_sqs_tick(
     job_name: str,
     *,
     wait_seconds: int = RECEIVE_WAIT_SECONDS,
+    visibility_timeout: int = VISIBILITY_TIMEOUT_SECONDS,
+    logger: logging.Logger = log,
 ) -> SqsTickResult:
     """Receive events, store a listing per new batch, record, delete; return the run requests."""
     key = state_key(queue_url)
-    state = SqsState.from_json(instance.run_storage.get_cursor_values({key}).get(key))
+    seen = _preflight(instance, s3, settings, key)
     limit = settings.ingest_batch_size * batching.MAX_BATCHES_PER_TICK
-    messages = _receive(sqs, queue_url, limit, wait_seconds)
+    messages = _receive(sqs, queue_url, limit, wait_seconds, visibility_timeout)
     result = SqsTickResult(received=len(messages))
+    parsed = [parse_message(m.get("Body")) for m in messages]
     try:
-        events, handled = _events(messages, s3, settings, result)
-        fresh = select_new(events, state, result)
+        events = _candidates(parsed, s3, settings, result)
+        fresh, result.duplicates = select_new(events, seen.seen)
         result.new_objects = len(fresh)
-        _record(instance, s3, settings, key, state, fresh, result)
+        saved = _record(instance, s3, settings, key, fresh, result)
     except Exception:
-        _release(sqs, queue_url, messages)
+        # Not the messages' fault: they stay invisible until their visibility timeout ends, so
+        # a failing tick every interval does not charge them a receive each time.
+        if messages:
+            logger.error(
+                "%d SQS messages left in flight for %d s after this failure",
+                len(messages),
+                visibility_timeout,
+            )
         raise
-    result.deleted = _delete(sqs, queue_url, handled)
+    poison = [(m, p) for m, p in zip(messages, parsed, strict=True) if p.poison]
+    result.poison = len(poison)
+    sent = _dead_letter(sqs, queue_url, poison, logger)
+    result.dead_lettered = len(sent)
+    handled = [m for m, p in zip(messages, parsed, strict=True) if not p.poison]
+    result.deleted = _delete(sqs, queue_url, handled + sent, logger)
     # Which batches need a run comes from their markers in S3, never from state a tick
     # rewrites: a tick that overran its timeout cannot drop the next tick's batches.
     review = batching.review(instance, s3, settings, batching.scope_id(key), job_name)
     result.run_requests = review.requests
     # the store holds the (large) seen set; the Dagster cursor is a summary for the UI
-    summary = {"pending": len(review.pending), "seen": len(state.seen), "received": len(messages)}
+    seen_count = len(seen.seen) if saved is None else saved
+    summary = {"pending": len(review.pending), "seen": seen_count, "received": len(messages)}
     result.cursor = json.dumps(summary, separators=(",", ":"))
     if not result.run_requests:
         result.skip_reason = (
             f"no new images from {queue_url} ({result.received} messages: "
             f"{result.duplicates} duplicates, {result.ignored} not images under "
             f"s3://{settings.raw_bucket}/{settings.raw_prefix}/, {result.test_events} test events, "
-            f"{result.malformed} malformed left for the DLQ)"
+            f"{result.poison} malformed: {result.dead_lettered} sent to the dead-letter queue, "
+            f"{result.poison - result.dead_lettered} kept in the queue)"
         )
     return result
 
@@ -411,6 +376,8 @@ def build_sqs_sensor(job: Any, settings: Settings, interval: int = 30) -> dg.Sen
             settings,
             job.name,
             wait_seconds=sqs.wait_seconds,
+            visibility_timeout=sqs.visibility_timeout,
+            logger=context.log,
         )
         return batching.sensor_result(tick.run_requests, tick.cursor, tick.skip_reason)
 
