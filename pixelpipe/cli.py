@@ -100,9 +100,13 @@ def datagen(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Write a learnable synthetic image set with a Label Studio export and label config."""
+    from rich.progress import Progress
+
     from pixelpipe.datagen import generate
 
-    summary = generate(out, count, seed)
+    with Progress() as bar:
+        task = bar.add_task(f"rendering {count} images", total=count)
+        summary = generate(out, count, seed, progress=lambda n: bar.advance(task, n))
     typer.echo(
         f"wrote {summary.images} images with {summary.boxes} boxes to {out} "
         f"(export {summary.export_path}, config {summary.label_config_path})"
