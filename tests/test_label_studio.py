@@ -32,6 +32,7 @@ from pixelpipe.uploads import upload_dataset
 
 pytestmark = pytest.mark.stack
 
+ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.5  # px
 RAW_COCO = "annotations/raw/coco.json"
 
@@ -128,12 +129,13 @@ class Project:
 
 
 @pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioInfo]:
-    """A Label Studio server of this module's own (installed into .venv-label-studio if absent)."""
-    server = LabelStudioServer(tmp_path_factory.mktemp("label-studio"))
-    info = server.start()
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A Label Studio of this module's own, launched first: it starts while the pipeline runs.
+    Its venv (.venv-label-studio/ in the repo) is installed here if scripts/test.sh did not."""
+    server = LabelStudioServer(tmp_path_factory.mktemp("label-studio"), ROOT / ".venv-label-studio")
+    server.launch()
     try:
-        yield info
+        yield server
     finally:
         server.stop()
 
@@ -152,16 +154,18 @@ def _reachable(tasks: list[dict[str, Any]], s3: Any) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def project(
-    label_studio: LabelStudioInfo,
+    label_studio: LabelStudioServer,
     ingested: Ingested,
     s3: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Project]:
+    """A project with our label config and the predictions imported through the API."""
     predictions = PREDICTIONS(ingested, tmp_path_factory.mktemp("predictions"))
-    client = LabelStudioClient(label_studio.url, label_studio.token)
+    info = label_studio.ready()
+    client = LabelStudioClient(info.url, info.token)
     created = client.create_project(f"pixelpipe {ingested.partition}", ingested.label_config)
     imported = client.import_tasks(created["id"], _reachable(predictions.tasks, s3))
-    yield Project(label_studio, client, created["id"], imported, predictions, ingested)
+    yield Project(info, client, created["id"], imported, predictions, ingested)
     client.close()
 
 

@@ -2,7 +2,8 @@
 
 Label Studio pins Django, numpy and friends differently from pixelpipe, so it lives in a venv of
 its own (default `.venv-label-studio/` beside `.venv/`), created on first use with
-`pip install label-studio==1.23.2` (about 1 GB, 1-2 minutes from PyPI).
+`pip install label-studio==1.23.2` (about 1 GB, 1-2 minutes from PyPI), plus a migrated empty
+database that each new data directory starts from (a fresh migration costs ~50 s of CPU).
 
 Label Studio 1.23 refuses the legacy `Authorization: Token` header unless an organization turns
 legacy tokens back on. We keep its default and use personal access tokens: log in once with
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +36,10 @@ LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_VENV = Path(".venv-label-studio")
 STATE_FILE = "label-studio.json"
 ADMIN_EMAIL = "pixelpipe@example.com"  # Label Studio users are e-mail addresses
+DB_NAME = "label_studio.sqlite3"
 _STAMP = f".pixelpipe-label-studio-{LABEL_STUDIO_VERSION}"
+# no PyPI request at every start, no usage reports
+_QUIET = {"LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false"}
 
 
 class LabelStudioError(StackError):
@@ -46,32 +51,51 @@ def executable(venv: Path = DEFAULT_VENV) -> Path:
     return Path(venv).resolve() / "bin" / "label-studio"
 
 
+def template_db(venv: Path = DEFAULT_VENV) -> Path:
+    """An empty, fully migrated Label Studio database kept beside the venv."""
+    return Path(venv).resolve() / "pixelpipe-template" / DB_NAME
+
+
 def ensure_installed(venv: Path = DEFAULT_VENV, echo: Callable[[str], None] = print) -> Path:
-    """Create the venv and install label-studio into it unless that was done; return the CLI."""
+    """Create the venv, install label-studio and migrate the template database, unless done.
+
+    A new data directory starts from a copy of the template, which Label Studio finds up to
+    date, so its start-up skips the migrations.
+    """
     venv = Path(venv).resolve()
-    if (venv / _STAMP).exists() and executable(venv).exists():
-        return executable(venv)
     log = venv.parent / f"{venv.name}-install.log"
-    echo(f"installing label-studio=={LABEL_STUDIO_VERSION} into {venv} (log {log}) ...")
     started = time.monotonic()
-    # The base interpreter, not ours: the new venv must not see pixelpipe's packages.
-    base = getattr(sys, "_base_executable", sys.executable)
-    steps = [
-        [base, "-m", "venv", str(venv)],
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-         "-q", f"label-studio=={LABEL_STUDIO_VERSION}"],
-    ]  # fmt: skip
-    with log.open("w") as out:
+    steps = []
+    if not ((venv / _STAMP).exists() and executable(venv).exists()):
+        # The base interpreter, not ours: the new venv must not see pixelpipe's packages.
+        base = getattr(sys, "_base_executable", sys.executable)
+        steps += [
+            [base, "-m", "venv", str(venv)],
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
+             "-q", f"label-studio=={LABEL_STUDIO_VERSION}"],
+        ]  # fmt: skip
+    if not steps and template_db(venv).exists():
+        return executable(venv)
+    echo(f"installing label-studio=={LABEL_STUDIO_VERSION} into {venv} (log {log}) ...")
+    with log.open("a") as out:
         for cmd in steps:
-            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=_clean_env())
-            if done.returncode != 0:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise LabelStudioError(
-                    f"`{' '.join(cmd)}` exited {done.returncode}; log {log}:\n{tail}"
-                )
-    (venv / _STAMP).write_text(f"installed in {time.monotonic() - started:.0f}s\n")
+            _run(cmd, out, log, _clean_env())
+        (venv / _STAMP).write_text(f"installed in {time.monotonic() - started:.0f}s\n")
+        template = template_db(venv).parent
+        template.mkdir(exist_ok=True)
+        manage = next((venv / "lib").glob("python3*/site-packages/label_studio/manage.py"))
+        env = _clean_env({"LABEL_STUDIO_BASE_DATA_DIR": str(template), **_QUIET})
+        _run([str(venv / "bin" / "python"), str(manage), "migrate", "--no-color", "-v", "0"],
+             out, log, {**env, "SECRET_KEY": secrets.token_urlsafe(40)})  # fmt: skip
     echo(f"label-studio installed in {time.monotonic() - started:.0f}s")
     return executable(venv)
+
+
+def _run(cmd: list[str], out: Any, log: Path, env: dict[str, str]) -> None:
+    done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if done.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise LabelStudioError(f"`{' '.join(cmd)}` exited {done.returncode}; log {log}:\n{tail}")
 
 
 def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -133,9 +157,13 @@ class LabelStudioServer:
 
     def start(self, timeout: float = 180.0, echo: Callable[[str], None] = print) -> LabelStudioInfo:
         """Install if needed, start on a free loopback port, wait for /health, get a token."""
-        running = self.info()
-        if running:
-            return running
+        self.launch(echo)
+        return self.ready(timeout)
+
+    def launch(self, echo: Callable[[str], None] = print) -> None:
+        """Start the server process (installing it first if needed) without waiting for it."""
+        if self.info():
+            return
         self.stop()
         cli = ensure_installed(self.venv, echo)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -153,26 +181,40 @@ class LabelStudioServer:
             {
                 "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
                 "SECRET_KEY": state["secret_key"],
-                "LATEST_VERSION_CHECK": "false",  # no PyPI request at every start
-                "COLLECT_ANALYTICS": "false",
+                **_QUIET,
             }
         )
-        proc = subprocess.Popen(
-            cmd,
-            stdout=self.log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            cwd=self.data_dir,
+        if not (self.data_dir / DB_NAME).exists():
+            shutil.copyfile(template_db(self.venv), self.data_dir / DB_NAME)
+        with self.log_path.open("ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd=self.data_dir,
+            )
+        state.update(
+            url=f"http://{HOST}:{port}", port=port, pid=proc.pid, data_dir=str(self.data_dir)
         )
-        url = f"http://{HOST}:{port}"
-        state.update(url=url, port=port, pid=proc.pid, data_dir=str(self.data_dir))
         self._save(state)
+
+    def ready(self, timeout: float = 180.0) -> LabelStudioInfo:
+        """Wait until the launched server answers /health, then make sure it has a token."""
+        running = self.info()
+        if running:
+            return running
+        state = self._state()
+        if not state.get("pid"):
+            raise LabelStudioError(f"no Label Studio launched from {self.data_dir}")
         try:
-            _wait_http(f"{url}/health", timeout, proc.pid, self.log_path)
-            self._check_port(port)
-            if not state.get("token") or not _token_works(url, state["token"]):
-                state["token"] = personal_access_token(url, state["email"], state["password"])
+            _wait_http(f"{state['url']}/health", timeout, state["pid"], self.log_path)
+            self._check_port(state["port"])
+            if not state.get("token") or not _token_works(state["url"], state["token"]):
+                state["token"] = personal_access_token(
+                    state["url"], state["email"], state["password"]
+                )
                 self._save(state)
         except BaseException:
             self.stop()
