@@ -45,7 +45,7 @@ MODEL_ASSETS = ["trained_model", "batch_predictions"]
 PREVIEW_ASSET = "stage2_preview"  # tests/ui_probe_defs.py, until Stage 2 carries its preview
 CHECKS = ["counts_add_up", "manifest_valid", "outputs_exist"]
 TRAIN_CONFIG = {"variant": "small", "model": "tiny", "epochs": 1, "batch_size": 8,
-                "loader": "torch", "device": "cpu", "max_images": 24}  # fmt: skip
+                "loader": "torch", "device": "cpu", "max_images": 12}  # fmt: skip
 
 
 @dataclass
@@ -135,9 +135,27 @@ def ui_run(ui_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> U
     return UiRun(ui_settings, batch.partition, model.run_id, version, int(thumbnails))
 
 
+@dataclass
+class Webserver:
+    """A dagster-webserver process of this module's own."""
+
+    url: str
+    pid: int
+    log: Path
+
+    def ready(self) -> str:
+        """Wait until it answers and both code locations have loaded; return its URL."""
+        _wait_http(f"{self.url}/server_info", 120, self.pid, self.log)
+        _wait_for_locations(self.url, {"pixelpipe", "ui_probe"}, self.log)
+        return self.url
+
+
 @pytest.fixture(scope="module")
-def webserver(ui_run: UiRun, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """dagster-webserver on the module's instance, with pixelpipe and the probe location."""
+def webserver(
+    ui_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Webserver]:
+    """dagster-webserver on the module's instance with pixelpipe and the probe location,
+    launched before the pipeline runs so that its code servers load meanwhile."""
     root = tmp_path_factory.mktemp("webserver")
     workspace = root / "workspace.yaml"
     workspace.write_text(
@@ -151,15 +169,12 @@ def webserver(ui_run: UiRun, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = root / "webserver.log"
     cmd = [str(Path(sys.executable).parent / "dagster-webserver"), "-h", HOST, "-p", str(port),
            "-w", str(workspace)]  # fmt: skip
-    env = {**os.environ, "DAGSTER_HOME": str(ui_run.settings.dagster_home)}
-    proc = subprocess.Popen(
-        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
-    url = f"http://{HOST}:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True
+        )
     try:
-        _wait_http(f"{url}/server_info", 120, proc.pid, log)
-        _wait_for_locations(url, {"pixelpipe", "ui_probe"}, log)
-        yield url
+        yield Webserver(f"http://{HOST}:{port}", proc.pid, log)
     finally:
         _stop_pid(proc.pid, signal.SIGTERM)
 
@@ -185,15 +200,17 @@ def _wait_for_locations(url: str, names: set[str], log: Path, timeout: float = 1
 
 
 @pytest.fixture(scope="module")
-def page(webserver: str) -> Iterator[Any]:
-    """One browser page; Dagster's "Join the Dagster community" modal is skipped once."""
+def page(webserver: Webserver, ui_run: UiRun) -> Iterator[Any]:
+    """One browser page, once the run is done; Dagster's "Join the Dagster community" modal
+    is skipped once."""
+    webserver.ready()
     with chromium() as browser:
         context = browser.new_context(viewport={"width": 1500, "height": 1000})
         page = context.new_page()
         skip = page.get_by_role("button", name="Skip")
         # should it come back mid-test, whatever waits on the page clicks it away first
         page.add_locator_handler(skip, lambda button: button.click())
-        page.goto(f"{webserver}/overview")
+        page.goto(f"{webserver.url}/overview")
         try:  # a fresh instance shows it a few seconds in; Skip records that on the server
             skip.wait_for(timeout=30_000)
             skip.click()
@@ -226,11 +243,9 @@ def _catalog(page: Any, names: list[str], timeout: float = 60) -> dict[str, str]
         page.wait_for_timeout(500)
 
 
-def test_catalog_and_lineage_show_every_asset_materialized(
-    page: Any, webserver: str, ui_run: UiRun
-) -> None:
+def test_catalog_and_lineage_show_every_asset_materialized(page: Any, webserver: Webserver) -> None:
     expected = [*PIPELINE_ASSETS, *MODEL_ASSETS, PREVIEW_ASSET]
-    _open_dagster(page, f"{webserver}/assets")
+    _open_dagster(page, f"{webserver.url}/assets")
     status = _catalog(page, expected)
     screenshot(page, "dagster-catalog")
     assert set(expected) <= set(status), status
@@ -241,7 +256,7 @@ def test_catalog_and_lineage_show_every_asset_materialized(
             "All 0 0 0 1 partition"
         ), (name, status[name])
 
-    _open_dagster(page, f"{webserver}/asset-groups")
+    _open_dagster(page, f"{webserver.url}/asset-groups")
     page.keyboard.press("Alt+e")  # "Expand all groups"
     for name in expected:
         page.get_by_text(name, exact=True).last.wait_for()
@@ -249,16 +264,16 @@ def test_catalog_and_lineage_show_every_asset_materialized(
 
 
 def test_asset_pages_show_passed_checks_and_loaded_previews(
-    page: Any, webserver: str, ui_run: UiRun
+    page: Any, webserver: Webserver, ui_run: UiRun
 ) -> None:
-    _open_dagster(page, f"{webserver}/assets/normalized_images?view=checks")
+    _open_dagster(page, f"{webserver.url}/assets/normalized_images?view=checks")
     for check in CHECKS:
         page.get_by_text(check, exact=True).first.wait_for()
     assert page.get_by_text("Succeeded", exact=True).count() == len(CHECKS)
     assert page.get_by_text("Passed", exact=True).count() == 1  # the selected check's latest
     screenshot(page, "dagster-normalized-images-checks")
 
-    _open_dagster(page, f"{webserver}/assets/{PREVIEW_ASSET}?partition={ui_run.partition}")
+    _open_dagster(page, f"{webserver.url}/assets/{PREVIEW_ASSET}?partition={ui_run.partition}")
     page.get_by_text(ui_run.partition).first.wait_for()
     # a data-URI preview is longer than the 1,000 characters Dagster renders inline
     page.get_by_text("[Show Markdown]").first.click()
