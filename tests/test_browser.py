@@ -304,7 +304,9 @@ def test_mlflow_shows_the_run_metrics_and_the_aliased_version(page: Any, ui_run:
     run = client.get_run(ui_run.run_id)
     page.goto(f"{settings.mlflow_tracking_uri}/#/experiments/{run.info.experiment_id}"
               f"/runs/{ui_run.run_id}")  # fmt: skip
-    page.get_by_text(f"Metrics ({len(run.data.metrics)})").wait_for(timeout=60_000)
+    heading = page.get_by_text(f"Metrics ({len(run.data.metrics)})")
+    heading.wait_for(timeout=60_000)
+    heading.scroll_into_view_if_needed()
     for name in ("train_loss", "val_loss", "val_f1_macro"):
         row = page.get_by_role("row").filter(has=page.get_by_text(name, exact=True)).first
         assert _shown(run.data.metrics[name]) in row.inner_text(), name
