@@ -336,9 +336,6 @@ class LabelStudioClient:
                 return sorted(out, key=lambda t: t["id"])
             page += 1
 
-    def task(self, task_id: int) -> dict[str, Any]:
-        return dict(self.request("GET", f"/api/tasks/{task_id}").json())
-
     def export(self, project_id: int) -> list[dict[str, Any]]:
         """The project in Label Studio's JSON export format (what "Export > JSON" downloads)."""
         params = {"exportType": "JSON", "download_all_tasks": "true"}
