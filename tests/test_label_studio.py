@@ -10,6 +10,7 @@ a CORS rule for Label Studio's origin.)"""
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,17 @@ def test_imported_predictions_are_on_the_tasks_as_label_studio_parsed_them(
     assert counts["task_number"] == counts["total_predictions_number"] == len(expected)
 
 
+def _region_titles(page: Any, count: int, timeout: float = 30) -> list[str]:
+    """The labels of the regions panel, once it lists `count` of them (it re-renders a while)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = page.locator(".lsf-outliner-item__title").all_inner_texts()
+        titles = sorted(t.strip() for t in found)
+        if (len(titles) == count and all(titles)) or time.monotonic() > deadline:
+            return titles
+        page.wait_for_timeout(250)
+
+
 def test_a_person_accepts_each_prediction_in_the_labeling_page(project: Project) -> None:
     tasks = project.client.tasks(project.id)
     with chromium() as browser:
@@ -230,12 +242,7 @@ def test_a_person_accepts_each_prediction_in_the_labeling_page(project: Project)
             )
             # the predicted regions, as the labeling page lists them once the image is drawn
             labels = sorted(b["label"] for b in project.predictions.raw_boxes[_key_of(task)])
-            page.wait_for_function(
-                "n => document.querySelectorAll('.lsf-outliner-item__title').length === n",
-                arg=len(labels),
-            )
-            titles = page.locator(".lsf-outliner-item__title").all_inner_texts()
-            assert sorted(t.strip() for t in titles) == labels, task["id"]
+            assert _region_titles(page, len(labels)) == labels, task["id"]
             screenshot(page, f"label-studio-task-{n}")
             page.get_by_role("button", name="Submit").click()
             page.wait_for_function(
