@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install lint test demo demo-down clean schemas
+.PHONY: install lint test demo demo-down clean schemas label-studio
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ schemas: install
 
 test: install lint
 	bash scripts/test.sh
+
+# Label Studio's server in .venv-label-studio/ (its pins differ from ours); scripts/test.sh and
+# `pixelpipe devstack up --with-label-studio` also create it when missing.
+label-studio: install
+	$(PY) -m pixelpipe.devstack.label_studio install
 
 demo: install
 	$(PY) -m pixelpipe demo

@@ -35,16 +35,26 @@ def _settings():  # noqa: ANN202 - typer callbacks stay untyped-friendly
 
 
 @devstack_app.command("up")
-def devstack_up(dir: Path = typer.Option(DEFAULT_DIR, "--dir", help="state directory")) -> None:
+def devstack_up(
+    dir: Path = typer.Option(DEFAULT_DIR, "--dir", help="state directory"),
+    with_label_studio: bool = typer.Option(
+        False, "--with-label-studio", help="also Label Studio (installed on first use)"
+    ),
+) -> None:
     """Start S3 + MLflow on loopback (harmless if already running)."""
     import time
 
     from pixelpipe.devstack.stack import DevStack
 
     started = time.monotonic()
-    info = DevStack(dir, _settings()).up()
+    stack = DevStack(dir, _settings())
+    info = stack.up()
     typer.echo(f"S3      {info.s3_endpoint}  (pid {info.s3_pid})")
     typer.echo(f"MLflow  {info.mlflow_uri}  (pid {info.mlflow_pid})")
+    if with_label_studio:
+        ls = stack.label_studio.start(echo=typer.echo)
+        typer.echo(f"Label Studio  {ls.url}  (pid {ls.pid})  login {ls.email} / {ls.password}")
+        typer.echo(f"  personal access token (label-studio-sdk api_key): {ls.token}")
     typer.echo(f"ready in {time.monotonic() - started:.1f}s; `eval $(pixelpipe devstack env)`")
 
 
@@ -90,9 +100,13 @@ def datagen(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Write a learnable synthetic image set with a Label Studio export and label config."""
+    from rich.progress import Progress
+
     from pixelpipe.datagen import generate
 
-    summary = generate(out, count, seed)
+    with Progress() as bar:
+        task = bar.add_task(f"rendering {count} images", total=count)
+        summary = generate(out, count, seed, progress=lambda n: bar.advance(task, n))
     typer.echo(
         f"wrote {summary.images} images with {summary.boxes} boxes to {out} "
         f"(export {summary.export_path}, config {summary.label_config_path})"

@@ -93,6 +93,7 @@ def generate(
     image_ref: Callable[[str], str] | str = LOCAL_FILES_TEMPLATE,
     workers: int = 1,
     sizes: Sequence[tuple[int, int]] = SIZES,
+    progress: Callable[[int], None] | None = None,
 ) -> DatagenSummary:
     """Write count images, annotations/export.json and annotations/label_config.xml under out_dir.
 
@@ -101,6 +102,7 @@ def generate(
     "/data/local-files/?d=images/{name}"; e.g. "s3://bucket/prefix/{name}"). The same seed
     gives the same bytes; workers > 1 renders in spawned processes with identical output.
     sizes are the (width, height) images take in turn (default SIZES; tests ask for small ones).
+    progress, when given, is called with 1 after each image is written (output unchanged).
     """
     if count < 0:
         raise ValueError("count must be >= 0")
@@ -109,7 +111,7 @@ def generate(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
-    rendered = _render_all(out_dir / "images", count, seed, workers, tuple(sizes))
+    rendered = _render_all(out_dir / "images", count, seed, workers, tuple(sizes), progress)
     to_ref = image_ref if callable(image_ref) else _template(image_ref)
     tasks = [_task(i, r, to_ref(r.name), seed) for i, r in enumerate(rendered)]
     export_path = out_dir / "annotations" / "export.json"
@@ -126,14 +128,28 @@ def _template(template: str) -> Callable[[str], str]:
 
 
 def _render_all(
-    image_dir: Path, count: int, seed: int, workers: int, sizes: tuple[tuple[int, int], ...]
+    image_dir: Path,
+    count: int,
+    seed: int,
+    workers: int,
+    sizes: tuple[tuple[int, int], ...],
+    progress: Callable[[int], None] | None = None,
 ) -> list[_Rendered]:
     jobs = [(image_dir, seed, i, sizes[i % len(sizes)]) for i in range(count)]
+    done: list[_Rendered] = []
     if workers <= 1 or count < 2:
-        return [_render_to_file(*job) for job in jobs]
+        for job in jobs:
+            done.append(_render_to_file(*job))
+            if progress:
+                progress(1)
+        return done
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        return list(pool.map(_render_to_file, *zip(*jobs, strict=True)))
+        for result in pool.map(_render_to_file, *zip(*jobs, strict=True)):
+            done.append(result)  # map keeps input order, so the export does not change
+            if progress:
+                progress(1)
+    return done
 
 
 def _render_to_file(image_dir: Path, seed: int, index: int, size: tuple[int, int]) -> _Rendered:

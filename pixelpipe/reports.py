@@ -1,4 +1,4 @@
-"""Store test reports as artifacts: the artifacts bucket and an MLflow run, then verify both."""
+"""Store test reports (logs, junit, screenshots) in the artifacts bucket and MLflow; verify both."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pixelpipe.settings import Settings
 REPORT_EXPERIMENT = "pixelpipe-test-reports"
 
 
-def upload_reports(directory: Path, settings: Settings) -> dict[str, Any]:
+def upload_reports(
+    directory: Path, settings: Settings, experiment: str = REPORT_EXPERIMENT
+) -> dict[str, Any]:
     """Upload every file under `directory`; raise if any did not land in S3 or MLflow."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -35,16 +37,15 @@ def upload_reports(directory: Path, settings: Settings) -> dict[str, Any]:
         raise RuntimeError(f"reports missing from s3://{settings.artifacts_bucket}: {missing}")
 
     client = MlflowClient(settings.mlflow_tracking_uri)
-    exp = client.get_experiment_by_name(REPORT_EXPERIMENT)
-    exp_id = exp.experiment_id if exp else client.create_experiment(REPORT_EXPERIMENT)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     run = client.create_run(exp_id, run_name=f"tests-{stamp}", tags={"kind": "test-report"})
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     client.log_artifacts(run.info.run_id, str(directory), artifact_path="reports")
     client.set_terminated(run.info.run_id, "FINISHED")
-    logged = {a.path for a in client.list_artifacts(run.info.run_id, "reports")}
-    expected = {
-        f"reports/{p.relative_to(directory).as_posix()}" for p in files if p.parent == directory
-    }
+    logged = _artifact_files(client, run.info.run_id, "reports")
+    # every file, screenshots/ and other folders included
+    expected = {f"reports/{p.relative_to(directory).as_posix()}" for p in files}
     if missing_ml := sorted(expected - logged):
         raise RuntimeError(f"reports missing from MLflow run {run.info.run_id}: {missing_ml}")
     return {
@@ -53,3 +54,11 @@ def upload_reports(directory: Path, settings: Settings) -> dict[str, Any]:
         "mlflow_run_id": run.info.run_id,
         "mlflow_artifacts": sorted(logged),
     }
+
+
+def _artifact_files(client: Any, run_id: str, path: str) -> set[str]:
+    """Paths of every file logged under `path`, folders walked."""
+    found: set[str] = set()
+    for entry in client.list_artifacts(run_id, path):
+        found |= _artifact_files(client, run_id, entry.path) if entry.is_dir else {entry.path}
+    return found

@@ -7,6 +7,7 @@ from pathlib import Path
 from pixelpipe.settings import Settings
 from pixelpipe.storage.transfer import TransferReport, upload_many
 
+CHUNK = 64
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
@@ -29,20 +30,28 @@ def plan_upload(directory: Path, settings: Settings, prefix: str) -> list[tuple[
 def upload_dataset(
     directory: Path, settings: Settings, prefix: str, *, progress: bool = False
 ) -> TransferReport:
-    """Upload concurrently into RAW_BUCKET, with a progress bar when asked."""
+    """Upload concurrently into RAW_BUCKET, with a progress bar (objects, MB, MB/s) when asked."""
     from pixelpipe.resources.s3 import client_from_settings
 
     client = client_from_settings(settings)
     items = plan_upload(directory, settings, prefix)
     if not progress:
         return upload_many(lambda: client, settings.raw_bucket, items, settings.s3_max_concurrency)
-    from rich.progress import Progress
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     total = TransferReport()
-    with Progress() as bar:
-        task = bar.add_task(f"s3://{settings.raw_bucket}/{prefix}", total=len(items))
-        for start in range(0, len(items), 64):
-            chunk = items[start : start + 64]
+    # Chunks of a few pool-fulls: the bar moves often and the pool rarely runs dry between them.
+    step = max(CHUNK, 4 * settings.s3_max_concurrency)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TextColumn("{task.fields[objects]}"))  # fmt: skip
+    with Progress(*columns) as bar:
+        task = bar.add_task(
+            f"s3://{settings.raw_bucket}/{prefix}",
+            total=sum(Path(path).stat().st_size for path, _ in items),
+            objects=f"0/{len(items)} objects",
+        )
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step]
             part = upload_many(
                 lambda: client, settings.raw_bucket, chunk, settings.s3_max_concurrency
             )
@@ -51,5 +60,6 @@ def upload_dataset(
             total.count += part.count
             total.failures += part.failures
             total.results += part.results
-            bar.advance(task, len(chunk))
+            sent = sum(Path(path).stat().st_size for path, _ in chunk)
+            bar.update(task, advance=sent, objects=f"{start + len(chunk)}/{len(items)} objects")
     return total

@@ -3,6 +3,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" NO_ALBUMENTATIONS_UPDATE=1
+# The browser tests drive Debian's chromium; Playwright's own browser download cannot be used.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then apt=(apt-get); else apt=(sudo apt-get); fi
+  echo "installing chromium with ${apt[*]} ..."
+  { "${apt[@]}" update -q && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -q chromium; } \
+    >/dev/null || { echo "could not install chromium (apt-get install -y chromium)" >&2; exit 1; }
+fi
+# Label Studio's server lives in a venv of its own (.venv-label-studio/, ~1 GB, once).
+python -m pixelpipe.devstack.label_studio install || exit 1
 stack_dir=$(mktemp -d -t pixelpipe-test-XXXXXX)
 trap 'pixelpipe devstack down --dir "$stack_dir" >/dev/null; rm -rf "$stack_dir"' EXIT
 pixelpipe devstack up --dir "$stack_dir" || exit 1

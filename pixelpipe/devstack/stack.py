@@ -15,8 +15,12 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pixelpipe.settings import Settings
+
+if TYPE_CHECKING:
+    from pixelpipe.devstack.label_studio import LabelStudioServer
 
 HOST = "127.0.0.1"
 GRPC_OFFSET = 10000  # SeaweedFS puts each gRPC port at HTTP port + 10000
@@ -267,9 +271,16 @@ class DevStack:
             return {}
         return saved
 
+    @property
+    def label_studio(self) -> LabelStudioServer:
+        """The optional Label Studio beside the stack (`devstack up --with-label-studio`)."""
+        from pixelpipe.devstack.label_studio import LabelStudioServer
+
+        return LabelStudioServer(self.root / "label-studio")
+
     def down(self) -> list[int]:
         """Stop exactly the processes this directory started; return their PIDs."""
-        stopped: list[int] = []
+        stopped: list[int] = self.label_studio.stop()
         if self.state_path.exists():
             data = json.loads(self.state_path.read_text())
             for key, sig in (("mlflow_pid", signal.SIGTERM), ("s3_pid", signal.SIGINT)):
@@ -288,6 +299,7 @@ class DevStack:
         info = self.info()
         if not info:
             return {"running": False, "dir": str(self.root)}
+        ls = self.label_studio.info()
         return {
             "running": True,
             "dir": str(self.root),
@@ -295,6 +307,7 @@ class DevStack:
             "mlflow": {"uri": info.mlflow_uri, "pid": info.mlflow_pid},
             "dagster_home": str(self.root / "dagster"),
             "logs": str(self.root / "logs"),
+            **({"label_studio": {"url": ls.url, "pid": ls.pid}} if ls else {}),
         }
 
     # --- servers ---------------------------------------------------------------------------
