@@ -84,10 +84,15 @@ class FaultProxy:
                 head, _, pending = pending.partition(b"\r\n\r\n")
                 method, path = head.split(b" ", 2)[:2]
                 length = 0
-                for line in head.split(b"\r\n")[1:]:
+                lines = head.split(b"\r\n")
+                for line in lines[1:]:
                     name, _, value = line.partition(b":")
                     if name.strip().lower() == b"content-length":
                         length = int(value.strip())
+                # the client would wait for a "100 Continue" this proxy never sends
+                head = b"\r\n".join(
+                    line for line in lines if not line.lower().startswith(b"expect:")
+                )
                 while len(pending) < length:
                     data = client.recv(65536)
                     if not data:

@@ -125,3 +125,17 @@ def test_overlapping_ticks_never_lose_a_batch(scoped: Settings, s3: Any) -> None
     assert sorted(set(_batched(s3, scoped, sorted(stored)))) == [
         f"both/{i:04d}.jpg" for i in range(1200)
     ]
+
+
+def test_batches_pending_in_a_state_from_before_the_markers_still_get_their_runs(
+    scoped: Settings, s3: Any
+) -> None:
+    """Upgrading: a cursor that kept pending batches in a list hands them to the markers."""
+    instance = dg.DagsterInstance.ephemeral()
+    key = cursor_key(scoped.raw_bucket, "upgrade")
+    old = {"scan": json.dumps({"v": 1, "hw": None, "floor": None, "seen": {}}),
+           "pending": ["b-20260101T000000-0123456789"], "failed": []}  # fmt: skip
+    instance.run_storage.set_cursor_values({key: json.dumps(old)})
+    tick = evaluate_tick(instance, s3, scoped, "upgrade", INGEST_JOB)
+    assert [r.partition_key for r in tick.run_requests] == ["b-20260101T000000-0123456789"]
+    assert "pending" not in json.loads(instance.run_storage.get_cursor_values({key})[key])

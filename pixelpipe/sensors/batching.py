@@ -100,6 +100,21 @@ def store_batches(
     return names
 
 
+def adopt_legacy_pending(s3: Any, settings: Settings, scope: str, stored: str | None) -> bool:
+    """Pending batches that a state from before the markers kept in a list become markers."""
+    import json
+
+    if not stored or '"pending"' not in stored:
+        return False
+    body = json.loads(stored)
+    legacy = body.get("pending") if isinstance(body, dict) else None
+    if not legacy:
+        return False
+    for partition in legacy:
+        s3.put_object(Bucket=settings.artifacts_bucket, Key=_marker("pending", scope, partition))
+    return True
+
+
 def _markers(s3: Any, bucket: str, kind: str, scope: str) -> list[str]:
     prefix = _marker(kind, scope)
     return [o.key[len(prefix) :] for o in list_objects(s3, bucket, prefix)]

@@ -93,6 +93,8 @@ def evaluate_tick(
     key = cursor_key(bucket, prefix)
     scope = batching.scope_id(key)
     state, stored = _load_state(instance, key)
+    if batching.adopt_legacy_pending(s3, settings, scope, stored):
+        stored = ""  # rewritten below without the list
     state.archive, archive_etag = seen_archive.load(s3, settings.artifacts_bucket, scope)
     scan_prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
     listing = cur.Listing(

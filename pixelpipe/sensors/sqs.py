@@ -134,7 +134,10 @@ def _preflight(instance: dg.DagsterInstance, s3: Any, settings: Settings, key: s
         raise IngestUnavailable(
             f"the Dagster instance did not answer ({exc}); no SQS message was received this tick"
         ) from exc
-    return SeenEvents.from_json(stored)
+    seen = SeenEvents.from_json(stored)
+    if batching.adopt_legacy_pending(s3, settings, batching.scope_id(key), stored):
+        instance.run_storage.set_cursor_values({key: seen.to_json()})  # without the old list
+    return seen
 
 
 def _receive(

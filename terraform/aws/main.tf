@@ -83,6 +83,7 @@ module "iam" {
   name_prefix         = var.name_prefix
   bucket_arns         = module.storage.bucket_arns
   queue_arns          = module.queues[*].queue_arn
+  dlq_arns            = module.queues[*].dlq_arn
   kms_key_arn         = var.kms_key_arn
   repository_arns     = values(module.registry.repository_arns)
   log_group_arn       = module.compute.log_group_arn

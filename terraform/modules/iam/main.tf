@@ -121,13 +121,21 @@ data "aws_iam_policy_document" "data" {
     content {
       sid = "ConsumeIngestEvents"
       actions = [
-        "sqs:ChangeMessageVisibility",
         "sqs:DeleteMessage",
         "sqs:GetQueueAttributes",
         "sqs:GetQueueUrl",
         "sqs:ReceiveMessage",
       ]
       resources = var.queue_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.dlq_arns) > 0 ? [1] : []
+    content {
+      sid       = "SendPoisonEventsToTheDeadLetterQueue"
+      actions   = ["sqs:GetQueueUrl", "sqs:SendMessage"]
+      resources = var.dlq_arns
     }
   }
 

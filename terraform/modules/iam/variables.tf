@@ -14,6 +14,12 @@ variable "queue_arns" {
   default     = []
 }
 
+variable "dlq_arns" {
+  type        = list(string)
+  description = "Dead-letter queues of the ingest queues: the SQS sensor moves poison messages there."
+  default     = []
+}
+
 variable "kms_key_arn" {
   type        = string
   description = "Customer managed KMS key of the buckets, if any; tasks may use it for S3 only."
