@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pixelpipe.imaging.boxes import Box
 from pixelpipe.schema_files import write_schema_files
 
 SCHEMA_VERSION = 1
@@ -181,6 +182,11 @@ class PredictionManifest(_Manifest):
     stage: Literal["predict"] = "predict"
     artifacts: list[PredictionArtifact]
     items: list[dict[str, Any]] = []
+
+
+def boxes_of(item: Stage1Item | Stage2Item) -> list[Box]:
+    """An item's boxes as the imaging code takes them."""
+    return [Box(label=b.label, x=b.x, y=b.y, w=b.w, h=b.h) for b in item.boxes]
 
 
 MODELS: dict[str, type[BaseModel]] = {

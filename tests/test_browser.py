@@ -31,7 +31,6 @@ from pixelpipe.uploads import upload_dataset
 
 pytestmark = pytest.mark.stack
 
-TESTS = Path(__file__).resolve().parent
 PIPELINE_ASSETS = [
     "raw_image_batches",
     "augmented_images",
@@ -42,7 +41,7 @@ PIPELINE_ASSETS = [
 # Materialized here through Dagster by train_and_predict(); that is the one place to follow
 # the detector's trained_model config and batch_predictions when they change.
 MODEL_ASSETS = ["trained_model", "batch_predictions"]
-PREVIEW_ASSET = "stage2_preview"  # tests/ui_probe_defs.py, until Stage 2 carries its preview
+PREVIEW_ASSET = "normalized_images"  # every variant side by side, boxes drawn
 CHECKS = ["counts_add_up", "manifest_valid", "outputs_exist"]
 TRAIN_CONFIG = {"variant": "small", "model": "tiny", "epochs": 1, "batch_size": 8,
                 "loader": "torch", "device": "cpu", "max_images": 12}  # fmt: skip
@@ -66,6 +65,9 @@ def ui_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     root = tmp_path_factory.mktemp("ui")
     (root / "dagster").mkdir()
     (root / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # create the instance's storage now: the webserver and this process migrating a fresh
+    # sqlite store at the same moment can leave it with two alembic heads
+    dg.DagsterInstance.from_config(str(root / "dagster")).get_runs_count()
     tag = secrets.token_hex(3)
     env = {
         "DAGSTER_HOME": str(root / "dagster"),
@@ -105,12 +107,8 @@ def train_and_predict(settings: Settings, instance: dg.DagsterInstance, partitio
 
 @pytest.fixture(scope="module")
 def ui_run(ui_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> UiRun:
-    """Three small labelled images through the sensor's batch, annotations, training, predictions
-    and the preview probe, all on the module's own Dagster instance."""
-    from ui_probe_defs import stage2_preview
-
-    from pixelpipe.resources.s3 import S3Resource
-
+    """Three small labelled images through the sensor's batch, annotations, training and
+    predictions, all on the module's own Dagster instance."""
     prefix = f"{ui_settings.raw_prefix}/ui-{secrets.token_hex(3)}"
     sample = generate(
         tmp_path_factory.mktemp("ui-data"), 3, seed=21, sizes=[(320, 240), (480, 360)]
@@ -120,15 +118,7 @@ def ui_run(ui_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> U
     assert batch.success
     instance = instance_for(ui_settings)
     version = train_and_predict(ui_settings, instance, batch.partition)
-    probe = dg.materialize(
-        [stage2_preview],
-        partition_key=batch.partition,
-        instance=instance,
-        resources={"s3": S3Resource.from_settings(ui_settings)},
-    )
-    assert probe.success
-    (event,) = probe.get_asset_materialization_events()
-    thumbnails = event.event_specific_data.materialization.metadata["thumbnails"].value
+    thumbnails = batch.metadata[PREVIEW_ASSET]["preview_thumbnails"]
     model = MlflowClient(ui_settings.mlflow_tracking_uri).get_model_version(
         ui_settings.registered_model_name, version
     )
@@ -146,7 +136,7 @@ class Webserver:
     def ready(self) -> str:
         """Wait until it answers and both code locations have loaded; return its URL."""
         _wait_http(f"{self.url}/server_info", 120, self.pid, self.log)
-        _wait_for_locations(self.url, {"pixelpipe", "ui_probe"}, self.log)
+        _wait_for_locations(self.url, {"pixelpipe"}, self.log)
         return self.url
 
 
@@ -154,16 +144,14 @@ class Webserver:
 def webserver(
     ui_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Webserver]:
-    """dagster-webserver on the module's instance with pixelpipe and the probe location,
-    launched before the pipeline runs so that its code servers load meanwhile."""
+    """dagster-webserver on the module's instance with pixelpipe's code location, launched
+    before the pipeline runs so that its code server loads meanwhile."""
     root = tmp_path_factory.mktemp("webserver")
     workspace = root / "workspace.yaml"
     workspace.write_text(
         "load_from:\n"
         "  - python_module:\n      module_name: pixelpipe.definitions\n"
         "      location_name: pixelpipe\n"
-        f"  - python_file:\n      relative_path: {TESTS / 'ui_probe_defs.py'}\n"
-        "      location_name: ui_probe\n"
     )
     (port,) = pick_ports(1, grpc=False)
     log = root / "webserver.log"
@@ -244,7 +232,7 @@ def _catalog(page: Any, names: list[str], timeout: float = 60) -> dict[str, str]
 
 
 def test_catalog_and_lineage_show_every_asset_materialized(page: Any, webserver: Webserver) -> None:
-    expected = [*PIPELINE_ASSETS, *MODEL_ASSETS, PREVIEW_ASSET]
+    expected = [*PIPELINE_ASSETS, *MODEL_ASSETS]
     _open_dagster(page, f"{webserver.url}/assets")
     status = _catalog(page, expected)
     screenshot(page, "dagster-catalog")

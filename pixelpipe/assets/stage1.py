@@ -1,7 +1,7 @@
 """Stage 1: raw image batches (sensor partitions) and their augmented copies."""
 
 import time
-from typing import Any
+from pathlib import Path
 
 import dagster as dg
 
@@ -9,12 +9,15 @@ from pixelpipe import manifests as mf
 from pixelpipe.assets.common import build_manifest_checks, load_raw_boxes, output_stem
 from pixelpipe.assets.partitions import raw_batches_partitions
 from pixelpipe.imaging import augment as aug
+from pixelpipe.imaging.preview import Thumb
 from pixelpipe.imaging.stage1 import Stage1Task, run_tasks
 from pixelpipe.io_managers.staging import StagedBatch, StagedOutput
 from pixelpipe.resources.s3 import S3Resource
 from pixelpipe.settings import get_settings
 from pixelpipe.storage.keys import UnsafeKeyError
 from pixelpipe.storage.layout import batch_listing_key
+
+PREVIEW_SOURCES = 2  # raw images shown in the UI, each with all its copies
 
 
 @dg.asset(
@@ -134,7 +137,7 @@ def augmented_images(
         uploads=uploads,
         manifest=manifest,
         schema="stage1_manifest",
-        preview=[_preview(i) for i in items[:8]],
+        preview=_preview(items, batch.output_dir, settings.augmented_bucket),
         metadata={
             "inputs": inputs,
             "workers": settings.worker_count,
@@ -144,14 +147,19 @@ def augmented_images(
     )
 
 
-def _preview(item: mf.Stage1Item) -> dict[str, Any]:
-    return {
-        "source": item.source_key,
-        "output": item.output_uri,
-        "size": f"{item.width}x{item.height}",
-        "copy": item.copy_index,
-        "boxes": len(item.boxes),
-    }
+def _preview(
+    items: list[mf.Stage1Item], out_dir: Path, bucket: str
+) -> list[tuple[str, list[Thumb]]]:
+    """The first PREVIEW_SOURCES raw images with their augmented copies side by side, boxed."""
+    rows: dict[str, list[Thumb]] = {}
+    for item in items:
+        if item.source_key not in rows and len(rows) == PREVIEW_SOURCES:
+            continue
+        key = item.output_uri.removeprefix(f"s3://{bucket}/")
+        caption = f"copy {item.copy_index} {item.width}x{item.height}"
+        thumb = Thumb(out_dir / key, caption, mf.boxes_of(item))
+        rows.setdefault(item.source_key, []).append(thumb)
+    return list(rows.items())
 
 
 checks = build_manifest_checks(augmented_images, lambda s: s.augmented_bucket, "stage1_manifest")

@@ -2,6 +2,7 @@
 
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -9,9 +10,13 @@ import dagster as dg
 from pixelpipe import manifests as mf
 from pixelpipe.assets.common import build_manifest_checks
 from pixelpipe.assets.partitions import raw_batches_partitions
+from pixelpipe.imaging.preview import Thumb
 from pixelpipe.imaging.stage2 import Stage2Input, run_stage2
+from pixelpipe.imaging.variants import Variant
 from pixelpipe.io_managers.staging import StagedBatch, StagedOutput
 from pixelpipe.settings import get_settings
+
+PREVIEW_SOURCES = 2  # stage-1 images shown in the UI, each in every variant
 
 
 @dg.asset(
@@ -107,7 +112,7 @@ def normalized_images(
         uploads=uploads,
         manifest=manifest,
         schema="stage2_manifest",
-        preview=[_preview(i) for i in items[:8]],
+        preview=_preview(items, batch.output_dir, settings.normalized_bucket, variants),
         metadata={
             "variants": ", ".join(v.spec() for v in variants),
             "reused_from_nvme": batch.reused_local,
@@ -121,13 +126,29 @@ def _box(raw: dict[str, Any]) -> Any:
     return {k: raw[k] for k in ("label", "x", "y", "w", "h")}
 
 
-def _preview(item: mf.Stage2Item) -> dict[str, Any]:
-    return {
-        "variant": item.variant_name,
-        "output": item.output_uri,
-        "size": f"{item.width}x{item.height}",
-        "boxes": len(item.boxes),
-    }
+def _preview(
+    items: list[mf.Stage2Item], out_dir: Path, bucket: str, variants: list[Variant]
+) -> list[tuple[str, list[Thumb]]]:
+    """The first PREVIEW_SOURCES stage-1 images, every variant side by side, boxes drawn."""
+    order = {v.name: i for i, v in enumerate(variants)}
+    rows: dict[str, list[mf.Stage2Item]] = defaultdict(list)
+    for item in items:
+        if item.source_uri in rows or len(rows) < PREVIEW_SOURCES:
+            rows[item.source_uri].append(item)
+    return [
+        (
+            source.split("/", 3)[-1],
+            [
+                Thumb(
+                    out_dir / i.output_uri.removeprefix(f"s3://{bucket}/"),
+                    f"{i.variant_name} {i.width}x{i.height}",
+                    mf.boxes_of(i),
+                )
+                for i in sorted(group, key=lambda i: order.get(i.variant_name, len(order)))
+            ],
+        )
+        for source, group in rows.items()
+    ]
 
 
 def _every_input_has_every_variant(doc: dict[str, Any]) -> bool:

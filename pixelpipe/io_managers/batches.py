@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelpipe import manifests as mf
+from pixelpipe.imaging.preview import Thumb, preview_markdown
 from pixelpipe.storage.transfer import Failed
 
 FAILURES_SHOWN = 3
@@ -71,18 +72,13 @@ class StagedOutput:
     uploads: list[tuple[str, str]]
     manifest: mf.Stage1Manifest | mf.Stage2Manifest
     schema: str
-    preview: list[dict[str, Any]] = field(default_factory=list)
+    # a few outputs to show in the Dagster UI: (title, thumbnails side by side) per row
+    preview: list[tuple[str, list[Thumb]]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def preview_markdown(self) -> str:
-        """The preview rows as a markdown table."""
-        if not self.preview:
-            return "_no items_"
-        columns = list(self.preview[0])
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        for row in self.preview:
-            lines.append("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
-        return "\n".join(lines)
+        """The preview rows as thumbnails (data URIs, a few KB each) the Dagster UI shows."""
+        return preview_markdown(self.preview) if self.preview else "_no items_"
 
 
 def describe_failures(op: str, bucket: str, failures: list[Failed]) -> str:

@@ -132,6 +132,7 @@ class NvmeStagingIOManager(dg.ConfigurableIOManager):
                 "images_per_second": round(stats.images_per_second, 2),
                 "nvme_output_dir": dg.MetadataValue.path(str(obj.output_dir)),
                 "preview": dg.MetadataValue.md(obj.preview_markdown()),
+                "preview_thumbnails": sum(len(thumbs) for _, thumbs in obj.preview),
                 **obj.metadata,
             }
         )
