@@ -250,3 +250,7 @@ def test_annotation_refreshes_do_only_new_work(two_variants: Settings, s3, tmp_p
     assert relabelled["raw_annotations"]["exports_converted"] == 1
     assert relabelled["raw_annotations"]["raw_prefixes_listed"] == prefix
     assert relabelled["coco_annotations"]["partitions_rebuilt"] == 1
+    # the rebuilt partition is previewed: its images in every variant, COCO boxes drawn
+    preview = relabelled["coco_annotations"]["preview"]
+    assert preview.count("data:image/jpeg;base64,") == 2 * len(settings.variants)
+    assert again["coco_annotations"]["preview"] == "_no partition changed_"

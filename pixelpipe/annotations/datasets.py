@@ -19,12 +19,15 @@ import botocore.exceptions
 
 from pixelpipe import manifests as mf
 from pixelpipe.annotations.project import digest_json, variant_coco
+from pixelpipe.imaging.boxes import Box
+from pixelpipe.imaging.preview import coco_boxes
 from pixelpipe.settings import Settings
 from pixelpipe.storage.layout import RAW_BOXES_KEY, dataset_index_key
 from pixelpipe.storage.listing import list_objects
 
 __all__ = ["RAW_BOXES_KEY", "Built", "build_variant_cocos", "dataset_index_key", "put_json"]
 STATE_KEY = "coco/_state.json"
+PREVIEW_SOURCES = 2
 STATE_VERSION = 1
 
 
@@ -72,6 +75,9 @@ class Built:
     unlabelled: int = 0
     rebuilt: int = 0
     reused: int = 0
+    # a rebuilt partition's first images in every variant with their COCO boxes, to preview:
+    # (title, [(bucket, key, caption, boxes)])
+    preview: list[tuple[str, list[tuple[str, str, str, list[Box]]]]] = field(default_factory=list)
 
 
 def _build_partition(
@@ -82,14 +88,22 @@ def _build_partition(
     stage2 = mf.read_json(s3, uri or "")
     stage1 = mf.read_json(s3, stage2["config"]["upstream"])
     stage1_by_uri = {i["output_uri"]: i for i in stage1["items"]}
+    order = {v.name: n for n, v in enumerate(settings.variants)}
     by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in stage2["items"]:
         by_variant[item["variant_name"]].append(item)
     entries: dict[str, dict[str, Any]] = {}
     unlabelled = 0
-    for variant, items in sorted(by_variant.items()):
+    shown = sorted({i["source_uri"] for i in stage2["items"]})[:PREVIEW_SOURCES]
+    preview: dict[str, list[tuple[str, str, str, list[Box]]]] = defaultdict(list)
+    for variant, items in sorted(by_variant.items(), key=lambda kv: order.get(kv[0], 99)):
         doc, missing = variant_coco(items, stage1_by_uri, lookup["boxes"], lookup["categories"])
         unlabelled += missing
+        for item in items:
+            if item["source_uri"] in shown:
+                bucket, key = mf.split_uri(item["output_uri"])
+                caption = f"{variant} {item['width']}x{item['height']}"
+                preview[item["source_uri"]].append((bucket, key, caption, coco_boxes(doc, key)))
         key = f"coco/{variant}/{partition}.json"
         coco_uri, sha = put_json(s3, settings.artifacts_bucket, key, doc)
         entries[variant] = {
@@ -106,6 +120,7 @@ def _build_partition(
         "boxes_digest": _boxes_digest(keys, box_digests),
         "entries": entries,
         "unlabelled": unlabelled,
+        "preview": [(f"{partition}: {mf.split_uri(s)[1]}", preview[s]) for s in shown],
     }
 
 
@@ -149,6 +164,7 @@ def build_variant_cocos(s3: Any, settings: Settings) -> Built:
             built.reused += 1
         else:
             record = _build_partition(s3, settings, partition, lookup, box_digests)
+            built.preview = record.pop("preview")
             record["pointer_etag"] = etag
             built.rebuilt += 1
         records[partition] = record

@@ -8,9 +8,10 @@ from typing import Any
 import dagster as dg
 
 from pixelpipe import manifests as mf
-from pixelpipe.annotations.datasets import build_variant_cocos, put_json
+from pixelpipe.annotations.datasets import Built, build_variant_cocos, put_json
 from pixelpipe.annotations.exports import convert_exports, raw_coco
 from pixelpipe.assets.stage2 import normalized_images
+from pixelpipe.imaging.preview import Thumb, preview_markdown
 from pixelpipe.resources.s3 import S3Resource
 from pixelpipe.settings import Settings, get_settings
 from pixelpipe.storage.layout import RAW_BOXES_KEY, RAW_COCO_KEY
@@ -30,6 +31,19 @@ def _work_root(settings: Settings) -> str:
     root = settings.nvme_root.resolve() / "annotations"
     root.mkdir(parents=True, exist_ok=True)
     return str(root)
+
+
+def _boxed_preview(s3: Any, built: Built, work: Path) -> str:
+    """The last rebuilt partition's first images in every variant, with their COCO boxes."""
+    rows = []
+    for title, shown in built.preview:
+        thumbs = []
+        for bucket, key, caption, boxes in shown:
+            local = work / f"{len(rows)}-{len(thumbs)}.jpg"
+            s3.download_file(bucket, key, str(local))
+            thumbs.append(Thumb(local, caption, boxes))
+        rows.append((title, thumbs))
+    return preview_markdown(rows) if rows else "_no partition changed_"
 
 
 @dg.asset(group_name="annotations", kinds={"labelstudio", "coco"})
@@ -106,6 +120,8 @@ def coco_annotations(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.Ma
     client = s3.client()
     started = time.perf_counter()
     built = build_variant_cocos(client, settings)
+    with tempfile.TemporaryDirectory(dir=_work_root(settings)) as tmp:
+        preview = _boxed_preview(client, built, Path(tmp))
     uri, _ = _write_manifest(
         client,
         settings,
@@ -128,6 +144,7 @@ def coco_annotations(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.Ma
             "dataset_indexes": dg.MetadataValue.json(built.indexes),
             "coco_files": sum(1 for a in built.artifacts if a.role == "converted"),
             "partitions_rebuilt": built.rebuilt,
+            "preview": dg.MetadataValue.md(preview),
             "partitions_reused": built.reused,
             "unlabelled_images": built.unlabelled,
         }
