@@ -59,7 +59,7 @@ def _serve_and_ask(settings: settings_mod.Settings, image: Path, partition: str 
     import httpx
     from mlflow.tracking import MlflowClient
 
-    from pixelpipe.devstack.stack import pick_ports
+    from pixelpipe.devstack.processes import pick_ports
     from pixelpipe.serving.registry import promote
 
     name = settings.registered_model_name

@@ -24,7 +24,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from pixelpipe import settings as settings_mod
 from pixelpipe.datagen import generate
-from pixelpipe.devstack.stack import HOST, _stop_pid, _wait_http, pick_ports
+from pixelpipe.devstack.processes import HOST, pick_ports, stop_pid, wait_http
 from pixelpipe.pipeline import instance_for, poll
 from pixelpipe.settings import Settings, load_settings
 from pixelpipe.uploads import upload_dataset
@@ -135,7 +135,7 @@ class Webserver:
 
     def ready(self) -> str:
         """Wait until it answers and both code locations have loaded; return its URL."""
-        _wait_http(f"{self.url}/server_info", 120, self.pid, self.log)
+        wait_http(f"{self.url}/server_info", 120, self.pid, self.log)
         _wait_for_locations(self.url, {"pixelpipe"}, self.log)
         return self.url
 
@@ -164,7 +164,7 @@ def webserver(
     try:
         yield Webserver(f"http://{HOST}:{port}", proc.pid, log)
     finally:
-        _stop_pid(proc.pid, signal.SIGTERM)
+        stop_pid(proc.pid, signal.SIGTERM)
 
 
 def _wait_for_locations(url: str, names: set[str], log: Path, timeout: float = 120) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from pixelpipe.devstack.stack import HOST, StackError, _alive, _stop_pid, _wait_http, pick_ports
+from pixelpipe.devstack.processes import HOST, StackError, alive, pick_ports, stop_pid, wait_http
 
 LABEL_STUDIO_VERSION = "1.23.2"
 DEFAULT_VENV = Path(".venv-label-studio")
@@ -147,7 +147,7 @@ class LabelStudioServer:
     def info(self) -> LabelStudioInfo | None:
         """The recorded server if its process is alive and answers /health, else None."""
         state = self._state()
-        if not state.get("pid") or not _alive(state["pid"]) or not state.get("token"):
+        if not state.get("pid") or not alive(state["pid"]) or not state.get("token"):
             return None
         try:
             httpx.get(f"{state['url']}/health", timeout=5).raise_for_status()
@@ -209,7 +209,7 @@ class LabelStudioServer:
         if not state.get("pid"):
             raise LabelStudioError(f"no Label Studio launched from {self.data_dir}")
         try:
-            _wait_http(f"{state['url']}/health", timeout, state["pid"], self.log_path)
+            wait_http(f"{state['url']}/health", timeout, state["pid"], self.log_path)
             self._check_port(state["port"])
             if not state.get("token") or not _token_works(state["url"], state["token"]):
                 state["token"] = personal_access_token(
@@ -234,8 +234,8 @@ class LabelStudioServer:
         if not pid:
             return []
         stopped = []
-        if _alive(pid) and str(self.data_dir) == _environ_of(pid).get("LABEL_STUDIO_BASE_DATA_DIR"):
-            _stop_pid(pid, signal.SIGTERM)
+        if alive(pid) and str(self.data_dir) == _environ_of(pid).get("LABEL_STUDIO_BASE_DATA_DIR"):
+            stop_pid(pid, signal.SIGTERM)
             stopped.append(pid)
         state["pid"] = 0
         self._save(state)

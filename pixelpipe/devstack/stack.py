@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pixelpipe.devstack.processes import (
+    GRPC_OFFSET,
+    HOST,
+    alive,
+    bin_path,
+    cmdline,
+    pick_ports,
+    pids_matching,
+    port_free,
+    stop_pid,
+    wait_http,
+)
 from pixelpipe.settings import Settings
 
 if TYPE_CHECKING:
     from pixelpipe.devstack.label_studio import LabelStudioServer
 
-HOST = "127.0.0.1"
-GRPC_OFFSET = 10000  # SeaweedFS puts each gRPC port at HTTP port + 10000
-PORT_RANGE = (20000, 44000)  # keeps port + 10000 below 55000
 S3_SERVICES = ("s3", "master", "volume", "filer", "admin")
 STATE_FILE = "stack.json"
 PORTS_FILE = "ports.json"  # kept across restarts: clients of a restarted stack keep working
@@ -52,10 +56,6 @@ run_monitoring:
   start_timeout_seconds: 180
   poll_interval_seconds: 30
 """
-
-
-class StackError(RuntimeError):
-    """The embedded stack could not start, or is not running."""
 
 
 @dataclass
@@ -96,107 +96,6 @@ class StackInfo:
         }
 
 
-def _bin(name: str) -> str:
-    """A console script from this interpreter's environment, else from PATH."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if not found:
-        raise StackError(f"'{name}' is not installed; run `make install`")
-    return found
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_ports(count: int, *, grpc: bool) -> list[int]:
-    """`count` free loopback ports (and, with grpc, their +10000 twins), all below 55000."""
-    rng = secrets.SystemRandom()
-    for _ in range(200):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
-        ports = list(range(base, base + count))
-        needed = ports + ([p + GRPC_OFFSET for p in ports] if grpc else [])
-        if all(_port_free(p) for p in needed):
-            return ports
-    raise StackError("no free loopback ports found between 20000 and 54000")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    try:  # a zombie child of ours counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _pids_matching(needle: str) -> list[int]:
-    """PIDs whose command line contains needle (to find a stale server on our directory)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if (
-            entry.name.isdigit()
-            and int(entry.name) != os.getpid()
-            and needle in _cmdline(int(entry.name))
-        ):
-            out.append(int(entry.name))
-    return out
-
-
-def _stop_pid(pid: int, sig: int, timeout: float = 20.0) -> None:
-    if not _alive(pid):
-        return
-    try:
-        os.killpg(pid, sig)  # each server leads its own session; its workers follow
-    except (ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _wait_http(url: str, timeout: float, pid: int, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise StackError(f"server for {url} exited during start-up; log {log}:\n{tail}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status < 500:
-                    return
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise StackError(f"{url} did not answer within {timeout:.0f}s; see {log}")
-
-
 class DevStack:
     """Start, stop and describe the embedded stack whose state lives under `root`."""
 
@@ -225,7 +124,7 @@ class DevStack:
             return None
         data = json.loads(self.state_path.read_text())
         info = StackInfo(dir=self.root, **data)
-        if _alive(info.s3_pid) and _alive(info.mlflow_pid):
+        if alive(info.s3_pid) and alive(info.mlflow_pid):
             return info
         return None
 
@@ -249,7 +148,7 @@ class DevStack:
             mlflow = self._start_mlflow(info, timeout, ports.get("mlflow"))
             info.mlflow_pid, info.mlflow_port = mlflow
         except BaseException:
-            _stop_pid(s3_pid, signal.SIGINT)
+            stop_pid(s3_pid, signal.SIGINT)
             raise
         state = {k: v for k, v in info.__dict__.items() if k != "dir"}
         self.state_path.write_text(json.dumps(state, indent=2))
@@ -266,7 +165,7 @@ class DevStack:
         s3 = dict(saved.get("s3") or {})
         wanted = [*s3.values(), *(p + GRPC_OFFSET for p in s3.values()), saved.get("mlflow")]
         if set(s3) != set(S3_SERVICES) or not all(
-            isinstance(p, int) and _port_free(p) for p in wanted
+            isinstance(p, int) and port_free(p) for p in wanted
         ):
             return {}
         return saved
@@ -285,13 +184,13 @@ class DevStack:
             data = json.loads(self.state_path.read_text())
             for key, sig in (("mlflow_pid", signal.SIGTERM), ("s3_pid", signal.SIGINT)):
                 pid = int(data.get(key) or 0)
-                if pid and _alive(pid) and str(self.root) in _cmdline(pid):
-                    _stop_pid(pid, sig)
+                if pid and alive(pid) and str(self.root) in cmdline(pid):
+                    stop_pid(pid, sig)
                     stopped.append(pid)
             self.state_path.unlink()
         # a server left behind by a crashed `up` on this directory still holds its files
-        for pid in _pids_matching(f"-dir={self.root / 's3' / 'data'}"):
-            _stop_pid(pid, signal.SIGINT)
+        for pid in pids_matching(f"-dir={self.root / 's3' / 'data'}"):
+            stop_pid(pid, signal.SIGINT)
             stopped.append(pid)
         return stopped
 
@@ -331,7 +230,7 @@ class DevStack:
         if not ports:
             ports = dict(zip(S3_SERVICES, pick_ports(len(S3_SERVICES), grpc=True), strict=True))
         cmd = [
-            _bin("weed"), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+            bin_path("weed"), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
             f"-s3.config={config}", "-master.telemetry=false", "-webdav=false",
             "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             *(f"-{name}.port={port}" for name, port in ports.items()),
@@ -340,7 +239,7 @@ class DevStack:
         proc = subprocess.Popen(
             cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
         )
-        _wait_http(f"http://{HOST}:{ports['s3']}/", timeout, proc.pid, log)
+        wait_http(f"http://{HOST}:{ports['s3']}/", timeout, proc.pid, log)
         return proc.pid, ports
 
     def _start_mlflow(
@@ -349,7 +248,7 @@ class DevStack:
         (port,) = [saved] if isinstance(saved, int) else pick_ports(1, grpc=False)
         db = self.root / "mlflow" / "mlflow.db"
         cmd = [
-            _bin("mlflow"), "server", "--host", HOST, "--port", str(port), "-w", "1",
+            bin_path("mlflow"), "server", "--host", HOST, "--port", str(port), "-w", "1",
             "--backend-store-uri", f"sqlite:///{db}", "--serve-artifacts",
             "--artifacts-destination", f"s3://{self.settings.artifacts_bucket}/mlflow",
         ]  # fmt: skip
@@ -366,7 +265,7 @@ class DevStack:
         proc = subprocess.Popen(
             cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-        _wait_http(f"http://{HOST}:{port}/health", timeout, proc.pid, log)
+        wait_http(f"http://{HOST}:{port}/health", timeout, proc.pid, log)
         return proc.pid, port
 
     def _ensure_buckets(self, info: StackInfo) -> None:
