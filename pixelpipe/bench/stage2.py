@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import csv
 import io
 import shutil
 import statistics
@@ -15,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from pixelpipe.bench.publish import write_csv
 from pixelpipe.imaging.backends import CpuBackend, DaliBackend, get_backend
 from pixelpipe.imaging.geometry import PAD_VALUE, plan
 from pixelpipe.imaging.stage2 import Stage2Input, run_stage2
@@ -81,7 +80,7 @@ def run_bench(
     finally:
         engine.close()
     _add_ratios(rows)
-    write_csv(rows, out / "stage2.csv")
+    write_csv(out / "stage2.csv", rows)
     plot(rows, out / "stage2.png")
     return rows
 
@@ -206,17 +205,6 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
         row["cost_vs_1"] = row["seconds_median"] / base if base else None
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """All rows, with the union of their keys as columns (first-seen order)."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(k for k in row if k not in columns)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """images/s (median, min-max bars) vs variant count for ours and naive; cost vs 1 variant."""
     import matplotlib
@@ -277,38 +265,3 @@ def synthetic_photos(
         path.write_bytes(simplejpeg.encode_jpeg(rgb, quality=quality, colorsubsampling="420"))
         paths.append(path)
     return paths
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """python -m pixelpipe.bench.stage2 [IMAGES...] --out DIR [--backend cpu|dali-cpu|...]"""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("images", nargs="*", help="JPEG/PNG files (default: a synthetic mix)")
-    parser.add_argument("--out", default="bench-out/stage2")
-    parser.add_argument("--backend", default="cpu")
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--counts", default="1,2,3,5")
-    parser.add_argument("--no-naive", action="store_true")
-    parser.add_argument("--copies", type=int, default=1, help="synthetic mix repeated N times")
-    args = parser.parse_args(argv)
-    mix = DEFAULT_MIX * args.copies
-    images = args.images or synthetic_photos(Path(args.out) / "images", mix)
-    rows = run_bench(
-        images,
-        variant_counts=[int(c) for c in args.counts.split(",")],
-        repeats=args.repeats,
-        workers=args.workers,
-        backend=args.backend,
-        out_dir=args.out,
-        naive=not args.no_naive,
-    )
-    for row in rows:
-        print(
-            f"{row['backend']:>8} k={row['variant_count']} "
-            f"{row['images_per_s_median']:7.1f} img/s  x{row['speedup_vs_naive'] or 0:5.2f} naive  "
-            f"cost/1={row['cost_vs_1'] or 0:4.2f}  write {row['write_mb_s_median']:6.1f} MB/s"
-        )
-
-
-if __name__ == "__main__":
-    main()

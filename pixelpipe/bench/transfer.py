@@ -1,13 +1,10 @@
 """Stage-in benchmark: our download_many vs a sequential boto3 loop vs `s5cmd cp`.
 
-    python -m pixelpipe.bench.transfer --endpoint http://127.0.0.1:8333 --bucket B \\
-        --access-key K --secret-key S --work-dir reports/transfer [--extra-dir images/]
+Run through `pixelpipe bench stage1` (its stage-in part, on the configured S3).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import importlib.util
 import os
 import secrets
@@ -20,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pixelpipe.bench.publish import write_csv
 from pixelpipe.storage.transfer import download_many, upload_many
 
 ClientFactory = Callable[[], Any]
@@ -27,27 +25,6 @@ ENGINES = ("ours", "boto3_sequential", "s5cmd")
 PREFIX = "bench-transfer"
 FIELDS = ["engine", "dataset", "objects", "object_bytes", "repeat", "seconds", "objects_per_s"]
 FIELDS += ["mb_per_s"]
-
-
-def make_client(endpoint: str, access_key: str, secret_key: str, region: str) -> Any:
-    """A plain boto3 client (no Dagster import, so the CLI runs anywhere boto3 does)."""
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        region_name=region,
-        max_pool_connections=64,
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        config=config,
-    )
 
 
 def s5cmd_binary() -> str:
@@ -204,14 +181,6 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def run_bench(
     client_factory: ClientFactory,
     bucket: str,
@@ -254,48 +223,6 @@ def run_bench(
             raise RuntimeError(f"upload of {name} failed: {report.failures[:3]}")
         for repeat in range(repeats):
             rows += _measure(ctx, name, items, repeat, work_dir)
-    _write_csv(work_dir / "transfer.csv", rows)
-    _write_csv(work_dir / "transfer_summary.csv", summarize(rows))
+    write_csv(work_dir / "transfer.csv", rows)
+    write_csv(work_dir / "transfer_summary.csv", summarize(rows))
     return rows
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--endpoint", required=True)
-    parser.add_argument("--bucket", required=True)
-    parser.add_argument("--access-key", default=os.environ.get("AWS_ACCESS_KEY_ID", ""))
-    parser.add_argument("--secret-key", default=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
-    parser.add_argument("--region", default="us-east-1")
-    parser.add_argument("--objects", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=50_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--work-dir", type=Path, default=Path("reports/transfer"))
-    parser.add_argument("--extra-dir", type=Path, default=None)
-    parser.add_argument("--processes", type=int, default=1)
-    args = parser.parse_args(argv)
-
-    def factory() -> Any:
-        return make_client(args.endpoint, args.access_key, args.secret_key, args.region)
-
-    extra = sorted(p for p in args.extra_dir.rglob("*") if p.is_file()) if args.extra_dir else []
-    rows = run_bench(
-        factory,
-        args.bucket,
-        args.endpoint,
-        args.access_key,
-        args.secret_key,
-        sizes=[(args.objects, args.size)],
-        repeats=args.repeats,
-        concurrency=args.concurrency,
-        work_dir=args.work_dir,
-        extra_files=extra,
-        region=args.region,
-        processes=args.processes,
-    )
-    for row in summarize(rows):
-        print(row)
-
-
-if __name__ == "__main__":
-    main()
