@@ -184,6 +184,34 @@ class PredictionManifest(_Manifest):
     items: list[dict[str, Any]] = []
 
 
+class DatasetPartition(_Model):
+    """One partition of a variant's dataset: its COCO file and the manifest it came from."""
+
+    partition: str
+    coco_uri: str
+    sha256: str = Field(description="sha256 of the COCO document (canonical JSON)")
+    manifest_uri: str | None = Field(description="the stage-2 manifest the COCO was made from")
+    images: int
+    annotations: int
+
+
+class DatasetIndex(_Model):
+    """What training reads for one size variant: every partition's COCO, categories, a digest."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    variant: str
+    width: int | None
+    height: int | None
+    mode: str | None
+    bucket: str = Field(description="the bucket the COCO file_names (object keys) are in")
+    categories: list[dict[str, Any]]
+    partitions: list[DatasetPartition]
+    images: int
+    annotations: int
+    digest: str = Field(description="changes whenever any partition's COCO or a category does")
+    created_at: str
+
+
 def boxes_of(item: Stage1Item | Stage2Item) -> list[Box]:
     """An item's boxes as the imaging code takes them."""
     return [Box(label=b.label, x=b.x, y=b.y, w=b.w, h=b.h) for b in item.boxes]
@@ -195,6 +223,7 @@ MODELS: dict[str, type[BaseModel]] = {
     "stage2_manifest": Stage2Manifest,
     "annotation_manifest": AnnotationManifest,
     "prediction_manifest": PredictionManifest,
+    "dataset_index": DatasetIndex,
 }
 
 

@@ -130,6 +130,7 @@ def test_ft3_late_labels_match_labels_known_up_front(
 
     # 4. a dataset index per variant that training reads directly
     index = mf.read_json(s3, f"s3://{settings.artifacts_bucket}/datasets/sq/index.json")
+    mf.validate_against_schema("dataset_index", index)  # the one document stages pass on
     assert index["variant"] == "sq" and index["bucket"] == settings.normalized_bucket
     entry = next(p for p in index["partitions"] if p["partition"] == partition)
     assert entry["coco_uri"].endswith(f"coco/sq/{partition}.json") and index["digest"]

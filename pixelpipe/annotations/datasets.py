@@ -124,22 +124,23 @@ def _build_partition(
     }
 
 
-def _index(settings: Settings, variant: str, entries: list[dict[str, Any]], cats: Any) -> dict:
+def _index(
+    settings: Settings, variant: str, entries: list[dict[str, Any]], cats: Any
+) -> mf.DatasetIndex:
     spec = {v.name: v for v in settings.variants}.get(variant)
-    return {
-        "schema_version": 1,
-        "variant": variant,
-        "width": spec.width if spec else None,
-        "height": spec.height if spec else None,
-        "mode": spec.mode if spec else None,
-        "bucket": settings.normalized_bucket,
-        "categories": cats,
-        "partitions": entries,
-        "images": sum(e["images"] for e in entries),
-        "annotations": sum(e["annotations"] for e in entries),
-        "digest": digest_json([e["sha256"] for e in entries] + [cats]),
-        "created_at": mf.now_iso(),
-    }
+    return mf.DatasetIndex(
+        variant=variant,
+        width=spec.width if spec else None,
+        height=spec.height if spec else None,
+        mode=spec.mode if spec else None,
+        bucket=settings.normalized_bucket,
+        categories=cats,
+        partitions=[mf.DatasetPartition(**e) for e in entries],
+        images=sum(e["images"] for e in entries),
+        annotations=sum(e["annotations"] for e in entries),
+        digest=digest_json([e["sha256"] for e in entries] + [cats]),
+        created_at=mf.now_iso(),
+    )
 
 
 def build_variant_cocos(s3: Any, settings: Settings) -> Built:
@@ -187,16 +188,17 @@ def build_variant_cocos(s3: Any, settings: Settings) -> Built:
             )
     for variant, entries in sorted(per_variant.items()):
         index = _index(settings, variant, entries, cats)
-        uri, sha = put_json(s3, bucket, dataset_index_key(variant), index)
-        built.indexes[variant] = {"uri": uri, "images": index["images"], "digest": index["digest"]}
+        doc = index.model_dump(mode="json")
+        uri, sha = put_json(s3, bucket, dataset_index_key(variant), doc)
+        built.indexes[variant] = {"uri": uri, "images": index.images, "digest": index.digest}
         built.artifacts.append(
             mf.AnnotationArtifact(
                 uri=uri,
                 annotation_format="coco",
                 role="dataset_index",
                 variant=variant,
-                images=index["images"],
-                annotations=index["annotations"],
+                images=index.images,
+                annotations=index.annotations,
                 sha256=sha,
             )
         )
