@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 S3_SERVICES = ("s3", "master", "volume", "filer", "admin")
 STATE_FILE = "stack.json"
+MAX_VOLUMES = 2000
+VOLUME_SIZE_MB = 64
 PORTS_FILE = "ports.json"  # kept across restarts: clients of a restarted stack keep working
 # The instance the daemon and `dagster dev` use on the devstack: one run per batch partition at a
 # time, Dagster's run retries for failed batches (RUN_RETRIES is the per-run limit, sent as the
@@ -232,6 +234,9 @@ class DevStack:
         cmd = [
             bin_path("weed"), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
             f"-s3.config={config}", "-master.telemetry=false", "-webdav=false",
+            # every bucket takes volumes of its own; by default their number is free disk / 1 GiB,
+            # which a test session's many buckets (or a small disk) runs out of
+            f"-volume.max={MAX_VOLUMES}", f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}",
             "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             *(f"-{name}.port={port}" for name, port in ports.items()),
         ]  # fmt: skip
