@@ -96,7 +96,7 @@ def audit(
     report = AuditReport()
     scan = prefix.strip("/") + "/" if prefix.strip("/") else ""
     listed = list_objects(s3, raw_bucket, scan)
-    raw = {o.key: _sha256(s3, f"s3://{raw_bucket}/{o.key}") for o in listed}
+    raw = {o.key: _sha256(s3, f"s3://{raw_bucket}/{o.key}") or "" for o in listed}
     report.raw_images = len(raw)
     per_image = {"augmented": copies, "normalized": copies * variants}
     made: dict[str, Counter[tuple[str, str]]] = {name: Counter() for _, name in STAGES}

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pixelpipe.imaging.boxes import Box
 from pixelpipe.schema_files import write_schema_files
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # every document says schema_version: 1 (a Literal, so a bump is a new model)
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 MANIFEST_ROOT = "_manifests"
 
@@ -67,7 +67,7 @@ class BatchObject(_Model):
 class BatchListing(_Model):
     """The key list of one batch partition: a partition re-runs exactly these objects."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     partition: str
     bucket: str
     prefix: str
@@ -121,7 +121,7 @@ class VariantStats(_Model):
 
 
 class _Manifest(_Model):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     asset: str
     run_id: str
     partition: str
@@ -198,7 +198,7 @@ class DatasetPartition(_Model):
 class DatasetIndex(_Model):
     """What training reads for one size variant: every partition's COCO, categories, a digest."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     variant: str
     width: int | None
     height: int | None
@@ -382,8 +382,10 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 
 def read_json(s3: Any, uri: str) -> dict[str, Any]:
+    """The JSON object stored at an s3:// URI."""
     bucket, key = split_uri(uri)
-    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    doc: dict[str, Any] = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    return doc
 
 
 def latest_manifest_uri(s3: Any, bucket: str, asset: str, partition: str) -> str | None:

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     @field_validator("s3_endpoint_url", "mlflow_tracking_uri", "sqs_endpoint_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value in (None, ""):
+        if value is None or value == "":
             return None
         if not value.startswith(("http://", "https://")) and "://" not in value:
             raise ValueError("expected a URL such as http://127.0.0.1:8333")

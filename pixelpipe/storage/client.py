@@ -21,10 +21,11 @@ def fast_timestamp(value: Any) -> datetime:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            return parse_timestamp(value)
-        if parsed.tzinfo is not None:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
             return parsed
-    return parse_timestamp(value)
+    stamp: datetime = parse_timestamp(value)
+    return stamp
 
 
 def make_client(

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pixelpipe.storage.listing import Listing, ObjectInfo, list_objects
 
@@ -55,18 +56,19 @@ def digest(key: str, etag: str) -> int:
 class Archive:
     """A sorted set of (key, ETag) digests: membership for a chunk at a time, 8 bytes each."""
 
-    def __init__(self, values: np.ndarray | None = None) -> None:
+    def __init__(self, values: npt.NDArray[np.uint64] | None = None) -> None:
         self.values = np.unique(values) if values is not None else np.empty(0, np.uint64)
 
     def __len__(self) -> int:
         return int(self.values.size)
 
-    def contains(self, digests: np.ndarray) -> np.ndarray:
+    def contains(self, digests: npt.NDArray[np.uint64]) -> npt.NDArray[np.bool_]:
         if not self.values.size or not digests.size:
             return np.zeros(digests.shape, bool)
         at = np.searchsorted(self.values, digests)
         at[at == self.values.size] = 0
-        return self.values[at] == digests
+        found: npt.NDArray[np.bool_] = self.values[at] == digests
+        return found
 
     def merged(self, digests: Iterable[int]) -> Archive:
         extra = np.fromiter(digests, np.uint64)

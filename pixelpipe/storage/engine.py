@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pixelpipe.storage.http1 import Connections, Response, UnusableUrl
 from pixelpipe.storage.sigv4 import URL_EXPIRES_SECONDS, GetSigner
@@ -83,6 +83,7 @@ class Job:
 
 
 Outcome = ObjectResult | Large
+T = TypeVar("T")
 
 
 def part_path(path: Path) -> Path:
@@ -176,9 +177,10 @@ class Engine:
         if op == "get_object" and self.get_signer is not None:
             return self.get_signer.url(key)
         params = {"Bucket": self.bucket, "Key": key, **extra}
-        return self.client.generate_presigned_url(op, Params=params, ExpiresIn=URL_EXPIRES_SECONDS)
+        url = self.client.generate_presigned_url(op, Params=params, ExpiresIn=URL_EXPIRES_SECONDS)
+        return str(url)
 
-    def _attempts(self, job: Job, once: Callable[[str], Outcome], op: str, **extra: str) -> Any:
+    def _attempts(self, job: Job, once: Callable[[str], T], op: str, **extra: str) -> T:
         """The first attempt uses the job's URL; a retry signs a fresh one if it can."""
         urls = iter([job.url])
 
@@ -189,7 +191,8 @@ class Engine:
             return fresh or self.presign(op, job.key, **extra)
 
         try:
-            return _with_retries(lambda: once(url()), self.conns, self.attempts)
+            result: T = _with_retries(lambda: once(url()), self.conns, self.attempts)
+            return result
         except UnusableUrl as exc:
             raise TransferError(str(exc)) from None
 

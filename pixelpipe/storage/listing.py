@@ -87,7 +87,7 @@ def _server_time(page: dict[str, Any]) -> float | None:
     if not date:
         return None
     try:
-        return parsedate_to_datetime(date).timestamp()
+        return float(parsedate_to_datetime(str(date)).timestamp())
     except (TypeError, ValueError):
         return None
 
