@@ -175,7 +175,7 @@ def test_cursor_round_trips_and_stays_bounded_as_window_slides() -> None:
         state = result.state
         sizes.append(len(text))
     # 600 s of look-back at one 50-object step a minute: at most 11 steps remembered.
-    assert len(state.seen) <= 11 * 50
+    assert len(state.window) <= 11 * 50
     assert max(sizes[20:]) <= max(sizes[:12]) + 100
     assert CursorState.from_json(None) == CursorState()
     with pytest.raises(ValueError, match="malformed"):

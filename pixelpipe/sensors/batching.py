@@ -27,7 +27,7 @@ from pixelpipe.storage.conditional import conditional_writes
 from pixelpipe.storage.layout import BATCHES_PREFIX, batch_listing_key
 from pixelpipe.storage.listing import ObjectInfo, list_objects
 
-MAX_BATCHES_PER_TICK = 50
+MAX_BATCHES_PER_TICK = 200  # 12,800 new objects a tick at the default batch size
 MAX_FAILED_SHOWN = 5
 
 
