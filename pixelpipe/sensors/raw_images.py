@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 import dagster as dg
@@ -61,7 +60,10 @@ def is_image_key(prefix: str, annotations_prefix: str) -> Callable[[str], bool]:
     skip = annotations_prefix.strip("/") + "/"
 
     def check(key: str) -> bool:
-        return not key.startswith(skip) and PurePosixPath(key).suffix.lower() in IMAGE_SUFFIXES
+        # PurePosixPath(key).suffix, without building a path per listed object
+        name = key[key.rfind("/") + 1 :]
+        dot = name.rfind(".")
+        return dot > 0 and not key.startswith(skip) and name[dot:].lower() in IMAGE_SUFFIXES
 
     return check
 
