@@ -127,3 +127,31 @@ def bucket(s3: Any) -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the fault table (tests/test_faults.py) at the end of the run, as CI shows it."""
+    from fault_tools import TABLE
+
+    if not TABLE.exists():
+        return
+    import csv
+
+    rows = list(csv.DictReader(TABLE.open()))
+    if not rows:
+        return
+    terminalreporter.section("faults caused and what they left behind (reports/faults.csv)")
+    columns = list(rows[0])
+    widths = [max(len(c), *(len(r[c]) for r in rows)) for c in columns]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    terminalreporter.write_line(line)
+    for row in rows:
+        cells = (row[c].ljust(w) for c, w in zip(columns, widths, strict=True))
+        terminalreporter.write_line("  ".join(cells))
+
+
+def pytest_sessionstart(session: Any) -> None:
+    """Each run writes its own fault table."""
+    from fault_tools import TABLE
+
+    TABLE.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 Rule = Callable[[str, str], bool]
 ROOT = Path(__file__).resolve().parent.parent
-TABLE = ROOT / "reports" / "faults.csv"
+TABLE = ROOT / "reports" / "faults.csv"  # written afresh by every pytest run (conftest)
 COLUMNS = ["fault", "runs", "raw_images", "expected_outputs", "outputs", "lost", "duplicated",
            "mismatched", "false_failures", "seconds"]  # fmt: skip
 
