@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ValidationError
 
 from pixelpipe.imaging.boxes import Box, affine_boxes, clip_boxes
@@ -35,7 +36,7 @@ DEFAULT_SPEC: list[dict[str, Any]] = [
     {"name": "RandomBrightnessContrast", "p": 0.5},
 ]
 
-Matrix = np.ndarray
+Matrix = npt.NDArray[np.float64]
 _REFLECT_BORDERS = frozenset({cv2.BORDER_REFLECT, cv2.BORDER_REFLECT_101})
 _DRY_RUN_SHAPE = (48, 64, 3)
 _LABELS = "labels"
@@ -72,7 +73,7 @@ class TransformRecord(BaseModel):
 class AugmentResult:
     """One augmented image, its moved boxes and the record of what was done."""
 
-    image: np.ndarray
+    image: npt.NDArray[np.uint8]
     boxes: list[Box]
     record: TransformRecord
 
@@ -147,7 +148,7 @@ def seed_for(key: str, copy_index: int, digest: str) -> int:
     return int.from_bytes(hashlib.sha256(material).digest()[:4], "big")
 
 
-def _transform_class(name: str) -> type:
+def _transform_class(name: str) -> type[A.BasicTransform]:
     cls = getattr(A, name, None)
     if not isinstance(cls, type) or not issubclass(cls, A.BasicTransform):
         raise ValueError(f"augmentation {name!r} is not an albumentations transform")
@@ -255,7 +256,7 @@ def _compose(spec: Sequence[dict[str, Any]], digest: str) -> A.Compose:
 
 
 def augment(
-    image: np.ndarray,
+    image: npt.NDArray[np.uint8],
     spec: Sequence[dict[str, Any]],
     seed: int,
     boxes: list[Box] | None = None,
@@ -338,8 +339,8 @@ def _steps(
 
 def _from_normalized(matrix: Sequence[Sequence[float]], src: Shape, dst: Shape) -> Matrix:
     """Lift a matrix on 0..1 coordinates (how albumentations moves boxes) to pixels."""
-    to_unit = np.diag([1.0 / src[1], 1.0 / src[0], 1.0])
-    to_pixels = np.diag([float(dst[1]), float(dst[0]), 1.0])
+    to_unit: Matrix = np.diag([1.0 / src[1], 1.0 / src[0], 1.0])
+    to_pixels: Matrix = np.diag([float(dst[1]), float(dst[0]), 1.0])
     return to_pixels @ np.asarray(matrix, dtype=np.float64) @ to_unit
 
 
