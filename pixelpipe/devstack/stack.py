@@ -295,9 +295,9 @@ def bucket_names(settings: Settings) -> list[str]:
     ]
 
 
-def ensure_buckets(client: object, names: list[str]) -> None:
-    """Create each bucket unless it exists (safe to repeat)."""
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}  # type: ignore[attr-defined]
+def ensure_buckets(client: Any, names: list[str]) -> None:
+    """Create each bucket unless it exists (safe to repeat); client is a boto3 S3 client."""
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     for name in names:
         if name not in existing:
-            client.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+            client.create_bucket(Bucket=name)
