@@ -12,7 +12,8 @@ warnings.filterwarnings("ignore", message="Found asset job named")
 
 import dagster as dg  # noqa: E402
 
-from pixelpipe.assets import annotations, predictions, stage1, stage2, training  # noqa: E402
+from pixelpipe.assets import annotations as annotation_assets  # noqa: E402
+from pixelpipe.assets import predictions, stage1, stage2, training  # noqa: E402
 from pixelpipe.assets.partitions import raw_batches_partitions  # noqa: E402
 from pixelpipe.io_managers.staging import NvmeStagingIOManager  # noqa: E402
 from pixelpipe.resources.mlflow import MlflowResource  # noqa: E402
@@ -24,7 +25,7 @@ from pixelpipe.sensors.sqs import SqsResource, build_sqs_sensor  # noqa: E402
 from pixelpipe.settings import Settings, get_settings  # noqa: E402
 
 INGEST_ASSETS = [stage1.raw_image_batches, stage1.augmented_images, stage2.normalized_images]
-ANNOTATION_ASSETS = [annotations.raw_annotations, annotations.coco_annotations]
+ANNOTATION_ASSETS = [annotation_assets.raw_annotations, annotation_assets.coco_annotations]
 TRAINING_ASSETS = [training.trained_model]
 INFERENCE_ASSETS = [predictions.batch_predictions]
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +261,7 @@ def _repository_checks(ecr: Any, outputs: Mapping[str, Any]) -> list[Check]:
     names = _named(outputs, "ecr_repository_names")
     if not names:
         return [_missing_output("ecr_repository_names")]
-    return [_attempt("ecr repository", n, lambda n=n: _repository(ecr, n)) for n in names]
+    return [_attempt("ecr repository", n, partial(_repository, ecr, n)) for n in names]
 
 
 def _repository(ecr: Any, name: str) -> Check:
@@ -281,8 +282,7 @@ def _schedule_checks(scheduler: Any, outputs: Mapping[str, Any]) -> list[Check]:
         return [_missing_output("schedule_names")]
     group = str(outputs.get("schedule_group") or "default")
     return [
-        _attempt("schedule", f"{group}/{n}", lambda n=n: _schedule(scheduler, group, n))
-        for n in names
+        _attempt("schedule", f"{group}/{n}", partial(_schedule, scheduler, group, n)) for n in names
     ]
 
 

@@ -38,12 +38,16 @@ def categories(names: Sequence[str]) -> list[dict[str, Any]]:
     return [{"id": i, "name": name, "supercategory": ""} for i, name in enumerate(unique, 1)]
 
 
-def coco_image(image_id: int, file_name: str, width: int, height: int, **extra: Any) -> dict:
+def coco_image(
+    image_id: int, file_name: str, width: int, height: int, **extra: Any
+) -> dict[str, Any]:
     """One COCO image entry; extra keys (e.g. ls_ref) are kept beside the standard ones."""
     return {"id": image_id, "file_name": file_name, "width": width, "height": height, **extra}
 
 
-def coco_annotation(ann_id: int, image_id: int, category_id: int, box: Box, **extra: Any) -> dict:
+def coco_annotation(
+    ann_id: int, image_id: int, category_id: int, box: Box, **extra: Any
+) -> dict[str, Any]:
     """One COCO bbox annotation from a pixel Box (floats kept, no rounding)."""
     bbox = [float(box["x"]), float(box["y"]), float(box["w"]), float(box["h"])]
     return {
@@ -59,9 +63,9 @@ def coco_annotation(ann_id: int, image_id: int, category_id: int, box: Box, **ex
 
 
 def coco_doc(
-    images: Sequence[dict],
-    annotations: Sequence[dict],
-    categories: Sequence[dict],
+    images: Sequence[Mapping[str, Any]],
+    annotations: Sequence[Mapping[str, Any]],
+    categories: Sequence[Mapping[str, Any]],
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A COCO document from its three lists; no timestamps, so equal input gives equal JSON."""
@@ -84,8 +88,8 @@ def coco_from_boxes(
         category_order(names, (b["label"] for bs in boxes_by_file.values() for b in bs))
     )
     cat_id = {c["name"]: c["id"] for c in cats}
-    images: list[dict] = []
-    anns: list[dict] = []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for image_id, (file_name, boxes) in enumerate(boxes_by_file.items(), 1):
         width, height = sizes[file_name]
         images.append(coco_image(image_id, file_name, width, height))

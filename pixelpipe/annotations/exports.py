@@ -62,11 +62,12 @@ def _cache_key(export_key: str) -> str:
 
 def _read(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
     try:
-        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        doc: dict[str, Any] = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     except botocore.exceptions.ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
             return None
         raise
+    return doc
 
 
 def _convert_one(
@@ -150,7 +151,7 @@ def convert_exports(s3: Any, settings: Settings, work: Path) -> dict[str, Any]:
             converted += 1
         for key, found in result["boxes"].items():
             boxes[key] = found
-            sizes[key] = tuple(result["sizes"][key])  # type: ignore[assignment]
+            sizes[key] = tuple(result["sizes"][key])
         failures += [mf.Failure(**f) for f in result["failures"]]
         for name, count in result["skipped"].items():
             skipped[name] += count
@@ -182,7 +183,8 @@ def raw_coco(converted: dict[str, Any]) -> dict[str, Any]:
     from pixelpipe.annotations.coco import coco_annotation, coco_doc, coco_image
 
     cat_id = {c["name"]: c["id"] for c in converted["categories"]}
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for image_id, key in enumerate(sorted(converted["boxes"]), 1):
         width, height = converted["sizes"][key]
         images.append(coco_image(image_id, key, width, height))

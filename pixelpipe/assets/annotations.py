@@ -35,9 +35,9 @@ def _work_root(settings: Settings) -> str:
 
 def _boxed_preview(s3: Any, built: Built, work: Path) -> str:
     """The last rebuilt partition's first images in every variant, with their COCO boxes."""
-    rows = []
+    rows: list[tuple[str, list[Thumb]]] = []
     for title, shown in built.preview:
-        thumbs = []
+        thumbs: list[Thumb] = []
         for bucket, key, caption, boxes in shown:
             local = work / f"{len(rows)}-{len(thumbs)}.jpg"
             s3.download_file(bucket, key, str(local))

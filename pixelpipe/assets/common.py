@@ -8,6 +8,7 @@ import botocore.exceptions
 import dagster as dg
 
 from pixelpipe import manifests as mf
+from pixelpipe.imaging.boxes import Box
 from pixelpipe.io_managers.staging import run_manifest_uri
 from pixelpipe.storage.keys import bounded_stem, relative_key
 from pixelpipe.storage.layout import RAW_BOXES_KEY
@@ -20,7 +21,7 @@ CHECK_DESCRIPTIONS = {
 }
 
 
-def load_raw_boxes(s3: Any, artifacts_bucket: str) -> dict[str, list[dict[str, Any]]]:
+def load_raw_boxes(s3: Any, artifacts_bucket: str) -> dict[str, list[Box]]:
     """Raw-pixel boxes by raw object key, from the latest Label Studio conversion ({} if none)."""
     try:
         body = s3.get_object(Bucket=artifacts_bucket, Key=RAW_BOXES_KEY)["Body"].read()
@@ -28,7 +29,8 @@ def load_raw_boxes(s3: Any, artifacts_bucket: str) -> dict[str, list[dict[str, A
         if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
             return {}
         raise
-    return dict(json.loads(body).get("boxes", {}))
+    boxes: dict[str, list[Box]] = json.loads(body).get("boxes", {})
+    return dict(boxes)
 
 
 def output_stem(partition: str, source_key: str, prefix: str) -> str:

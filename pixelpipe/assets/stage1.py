@@ -77,7 +77,7 @@ def augmented_images(
                 copies=settings.augment_copies,
                 spec=spec,
                 spec_digest=digest,
-                boxes=raw_boxes.get(f.source_key, []),  # type: ignore[arg-type]
+                boxes=raw_boxes.get(f.source_key, []),
                 quality=settings.jpeg_quality,
             )
         )

@@ -258,7 +258,8 @@ def synthetic_photos(
         image = np.zeros((height, width, 3), np.float32)
         for cells, weight in ((4, 90.0), (32, 40.0), (256, 15.0)):
             coarse = rng.normal(0, weight, (cells * height // width + 2, cells + 2, 3))
-            image += cv2.resize(coarse.astype(np.float32), (width, height), cv2.INTER_CUBIC)
+            layer = cv2.resize(coarse.astype(np.float32), (width, height))
+            image += np.asarray(layer, np.float32)  # cv2 types its result as any-depth
         image += rng.normal(0, 4, image.shape).astype(np.float32)
         rgb = np.clip(image + 128, 0, 255).astype(np.uint8)
         path = folder / f"synthetic-{i:03d}-{width}x{height}.jpg"

@@ -265,7 +265,7 @@ def personal_access_token(url: str, email: str, password: str) -> str:
         if login.status_code != 302 or "sessionid" not in session.cookies:
             raise LabelStudioError(f"login as {email} at {url} failed ({login.status_code})")
         created = session.post(
-            "/api/token/", headers={"X-CSRFToken": session.cookies.get("csrftoken", "")}
+            "/api/token/", headers={"X-CSRFToken": session.cookies.get("csrftoken") or ""}
         )
         if created.status_code == 409:
             raise LabelStudioError(

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pixelpipe.devstack.processes import (
     GRPC_OFFSET,
@@ -163,7 +163,7 @@ class DevStack:
         path = self.root / PORTS_FILE
         if not path.exists():
             return {}
-        saved = json.loads(path.read_text())
+        saved: dict[str, Any] = json.loads(path.read_text())
         s3 = dict(saved.get("s3") or {})
         wanted = [*s3.values(), *(p + GRPC_OFFSET for p in s3.values()), saved.get("mlflow")]
         if set(s3) != set(S3_SERVICES) or not all(
@@ -295,9 +295,9 @@ def bucket_names(settings: Settings) -> list[str]:
     ]
 
 
-def ensure_buckets(client: object, names: list[str]) -> None:
-    """Create each bucket unless it exists (safe to repeat)."""
-    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}  # type: ignore[attr-defined]
+def ensure_buckets(client: Any, names: list[str]) -> None:
+    """Create each bucket unless it exists (safe to repeat); client is a boto3 S3 client."""
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     for name in names:
         if name not in existing:
-            client.create_bucket(Bucket=name)  # type: ignore[attr-defined]
+            client.create_bucket(Bucket=name)

@@ -8,8 +8,10 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
@@ -24,7 +26,7 @@ class ImageError(ValueError):
     """A bad input image; str(exc) is a short human-readable reason."""
 
 
-def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> npt.NDArray[np.uint8]:
     """Read an image as an upright HxWx3 uint8 RGB array, or raise ImageError saying why not."""
     with _open(path, max_pixels) as im:
         orientation = _orientation(im)
@@ -45,17 +47,18 @@ def image_size(path: str | Path) -> tuple[int, int]:
         return width, height
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+def encode_jpeg(rgb: npt.NDArray[np.uint8], quality: int = 90) -> bytes:
     """Encode HxWx3 uint8 RGB as a 4:2:0 JPEG; the same input always gives the same bytes."""
     array = np.ascontiguousarray(rgb, dtype=np.uint8)
     try:
-        return simplejpeg.encode_jpeg(
+        encoded: bytes = simplejpeg.encode_jpeg(
             array, quality=quality, colorspace="RGB", colorsubsampling="420"
         )
     except (ValueError, TypeError):
         buf = io.BytesIO()
         Image.fromarray(array).save(buf, format="JPEG", quality=quality, subsampling=2)
         return buf.getvalue()
+    return encoded
 
 
 def _open(path: str | Path, max_pixels: int | None) -> Image.Image:
@@ -109,13 +112,14 @@ def _broken_reason(exc: BaseException) -> str:
     return f"corrupt image ({text})"
 
 
-def _decode_jpeg(path: str | Path) -> np.ndarray:
+def _decode_jpeg(path: str | Path) -> npt.NDArray[np.uint8]:
     """Fast path: libjpeg-turbo straight into a numpy buffer; strict so truncation raises."""
     data = Path(path).read_bytes()
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        rgb: npt.NDArray[np.uint8] = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
     except ValueError as exc:
         raise ImageError(_broken_reason(exc)) from exc
+    return rgb
 
 
 def _orientation(im: Image.Image) -> int:
@@ -129,7 +133,7 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
+def _orient(rgb: npt.NDArray[np.uint8], orientation: int) -> npt.NDArray[np.uint8]:
     """Apply an EXIF orientation (same result as ImageOps.exif_transpose) with numpy views."""
     if orientation == 1:
         return rgb
@@ -145,7 +149,7 @@ def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(views[orientation](rgb))
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
+def _to_rgb(im: Image.Image) -> npt.NDArray[np.uint8]:
     """Convert a loaded Pillow image of any common mode to HxWx3 uint8 RGB."""
     mode = im.mode
     if mode == "RGB":
@@ -163,7 +167,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         raise ImageError(f"unsupported image mode {mode}") from exc
 
 
-def _on_white(im: Image.Image) -> np.ndarray:
+def _on_white(im: Image.Image) -> npt.NDArray[np.uint8]:
     """Composite any image with alpha onto white; transparent pixels become white."""
     rgba = im.convert("RGBA")
     canvas = Image.new("RGB", rgba.size, _WHITE)
@@ -171,7 +175,7 @@ def _on_white(im: Image.Image) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def _high_depth_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+def _high_depth_to_uint8(values: npt.NDArray[Any], mode: str) -> npt.NDArray[np.uint8]:
     """Scale 16-bit (and 32-bit int/float) grey to 0..255 by range, rounding instead of clipping."""
     if mode == "F":
         data = values.astype(np.float32)

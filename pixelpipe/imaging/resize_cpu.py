@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import simplejpeg
 from PIL import Image
 
@@ -48,7 +49,7 @@ class VariantOutputs:
 class Decoded:
     """Pixels ready for resizing plus the size of the upright source they stand for."""
 
-    rgb: np.ndarray
+    rgb: npt.NDArray[np.uint8]
     src_width: int
     src_height: int
 
@@ -139,14 +140,16 @@ def render_variants(
     return [done[i] for i in range(len(geoms))]
 
 
-def _smallest_cover(candidates: list[np.ndarray], width: int, height: int) -> np.ndarray:
+def _smallest_cover(
+    candidates: list[npt.NDArray[np.uint8]], width: int, height: int
+) -> npt.NDArray[np.uint8]:
     covering = [a for a in candidates if a.shape[1] >= width and a.shape[0] >= height]
     if not covering:
         return candidates[0]  # an upscale: start from the decoded pixels
     return min(covering, key=lambda a: a.shape[0] * a.shape[1])
 
 
-def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+def resize(rgb: npt.NDArray[np.uint8], width: int, height: int) -> npt.NDArray[np.uint8]:
     """Antialiased resize that is cheap inside a cascade.
 
     Shrinking by at most MAX_LINEAR_RATIO per axis, bilinear already touches every source pixel
@@ -158,10 +161,11 @@ def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
         return rgb
     far = src_w > MAX_LINEAR_RATIO * width or src_h > MAX_LINEAR_RATIO * height
     interpolation = cv2.INTER_AREA if far else cv2.INTER_LINEAR
-    return cv2.resize(rgb, (width, height), interpolation=interpolation)
+    # cv2 types its result as any-depth; a uint8 input comes back uint8, so asarray is a no-op.
+    return np.asarray(cv2.resize(rgb, (width, height), interpolation=interpolation), np.uint8)
 
 
-def finish(resized: np.ndarray, geom: Geometry) -> np.ndarray:
+def finish(resized: npt.NDArray[np.uint8], geom: Geometry) -> npt.NDArray[np.uint8]:
     """Crop (fit) or pad (letterbox) a resized image to the output size."""
     if geom.mode == "fit":
         y, x = geom.crop_y, geom.crop_x

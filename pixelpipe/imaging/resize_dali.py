@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from pixelpipe.imaging.decode import ImageError, encode_jpeg
 from pixelpipe.imaging.geometry import PAD_VALUE, Geometry, plan
@@ -24,9 +25,15 @@ from pixelpipe.imaging.resize_cpu import (
 )
 from pixelpipe.imaging.variants import Mode, Variant
 
+if TYPE_CHECKING:
+    from nvidia.dali.pipeline import Pipeline
+    from nvidia.dali.tensors import TensorListCPU, TensorListGPU
+
 Device = Literal["gpu", "cpu"]
 DEFAULT_BATCH = 32
 _JPEG_EOI = b"\xff\xd9"
+# What external_source is fed per sample: encoded bytes, float sizes, int32 windows.
+FeedValue = npt.NDArray[np.uint8] | npt.NDArray[np.int32] | np.float32
 _log = logging.getLogger(__name__)
 
 
@@ -48,7 +55,8 @@ def cuda_available() -> bool:
     from nvidia.dali import backend
 
     try:
-        return int(backend.GetCUDADeviceCount()) > 0
+        # backend.pyi declares only the tensor classes; the pybind module has the function.
+        return int(backend.GetCUDADeviceCount()) > 0  # type: ignore[attr-defined]
     except Exception:  # a missing or broken driver reads as no GPU
         return False
 
@@ -59,7 +67,7 @@ class _Sample:
 
     index: int
     path: str
-    data: np.ndarray
+    data: npt.NDArray[np.uint8]
     geoms: tuple[Geometry, ...]
 
 
@@ -192,9 +200,9 @@ def _cpu_fallback(
         return exc
 
 
-def _feed(samples: list[_Sample], modes: tuple[Mode, ...]) -> dict[str, list[np.ndarray]]:
+def _feed(samples: list[_Sample], modes: tuple[Mode, ...]) -> dict[str, list[FeedValue]]:
     """Per-sample inputs by external_source name: bytes, then sizes and windows per variant."""
-    feed: dict[str, list[np.ndarray]] = {"encoded": [s.data for s in samples]}
+    feed: dict[str, list[FeedValue]] = {"encoded": [s.data for s in samples]}
     for i, mode in enumerate(modes):
         geoms = [s.geoms[i] for s in samples]
         feed[f"rw{i}"] = [np.float32(g.resized_width) for g in geoms]
@@ -209,11 +217,11 @@ def _feed(samples: list[_Sample], modes: tuple[Mode, ...]) -> dict[str, list[np.
     return feed
 
 
-def _to_host(out: Any) -> np.ndarray:
+def _to_host(out: TensorListCPU | TensorListGPU) -> npt.NDArray[np.uint8]:
     """A batch of equally sized outputs as one N x H x W x 3 uint8 array."""
-    if hasattr(out, "as_cpu"):
-        out = out.as_cpu()
-    return out.as_array()
+    # as_cpu() copies a GPU list to the host and passes a CPU list through.
+    array: npt.NDArray[np.uint8] = out.as_cpu().as_array()
+    return array
 
 
 def cascade_sources(shapes: Sequence[tuple[Mode, int, int]]) -> list[int | None]:
@@ -240,28 +248,37 @@ def cascade_sources(shapes: Sequence[tuple[Mode, int, int]]) -> list[int | None]
 @lru_cache(maxsize=16)
 def _pipeline(
     shapes: tuple[tuple[Mode, int, int], ...], device: Device, batch_size: int, num_threads: int
-) -> Any:
+) -> Pipeline:
     """Build once per (variant shapes, device, batch size); per-sample sizes are fed at run time."""
     from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.data_node import DataNode
 
     sources = cascade_sources(shapes)
 
     @pipeline_def
-    def graph() -> tuple[Any, ...]:
-        encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+    def graph() -> tuple[DataNode, ...]:
+        encoded = fn.external_source(name="encoded", dtype=types.DALIDataType.UINT8, ndim=1)
         decoder_device = "mixed" if device == "gpu" else "cpu"
-        images = fn.decoders.image(encoded, device=decoder_device, output_type=types.RGB)
-        resized: dict[int, Any] = {}
-        outputs: dict[int, Any] = {}
+        images = fn.decoders.image(
+            encoded, device=decoder_device, output_type=types.DALIImageType.RGB
+        )
+        resized: dict[int, DataNode] = {}
+        outputs: dict[int, DataNode] = {}
         for i in sorted(range(len(shapes)), key=lambda k: -shapes[k][1] * shapes[k][2]):
-            rw = fn.external_source(name=f"rw{i}", dtype=types.FLOAT, ndim=0)
-            rh = fn.external_source(name=f"rh{i}", dtype=types.FLOAT, ndim=0)
-            source = images if sources[i] is None else resized[sources[i]]
-            resized[i] = fn.resize(source, resize_x=rw, resize_y=rh, antialias=True)
+            rw = fn.external_source(name=f"rw{i}", dtype=types.DALIDataType.FLOAT, ndim=0)
+            rh = fn.external_source(name=f"rh{i}", dtype=types.DALIDataType.FLOAT, ndim=0)
+            cascade_from = sources[i]
+            source = images if cascade_from is None else resized[cascade_from]
+            node = fn.resize(source, resize_x=rw, resize_y=rh, antialias=True)
+            # One input without save_attrs gives one node; the stub's union covers the rest.
+            if not isinstance(node, DataNode):
+                raise TypeError(f"fn.resize returned {type(node).__name__}, not one DataNode")
+            resized[i] = node
             outputs[i] = resized[i]
             if shapes[i][0] != "stretch":
-                anchor = fn.external_source(name=f"anchor{i}", dtype=types.INT32, ndim=1)
-                shape = fn.external_source(name=f"shape{i}", dtype=types.INT32, ndim=1)
+                int32 = types.DALIDataType.INT32
+                anchor = fn.external_source(name=f"anchor{i}", dtype=int32, ndim=1)
+                shape = fn.external_source(name=f"shape{i}", dtype=int32, ndim=1)
                 # One slice does both: a window inside (fit crop) or around (letterbox pad).
                 outputs[i] = fn.slice(
                     resized[i], anchor, shape, out_of_bounds_policy="pad", fill_values=PAD_VALUE
@@ -278,5 +295,5 @@ def _pipeline(
         device_id=0 if device == "gpu" else None,
         prefetch_queue_depth=1,
     )
-    pipe.build()
+    pipe.build()  # type: ignore[no-untyped-call]  # DALI leaves Pipeline.build unannotated
     return pipe

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeGuard
 
 Mode = Literal["fit", "letterbox", "stretch"]
 MODES: tuple[str, ...] = ("fit", "letterbox", "stretch")
@@ -15,6 +15,11 @@ _ITEM = re.compile(
 )
 MAX_SIDE = 16384
 MAX_NAME = 64  # a variant name is the first segment of every stage-2 key
+
+
+def is_mode(value: str) -> TypeGuard[Mode]:
+    """True when value is one of MODES."""
+    return value in MODES
 
 
 @dataclass(frozen=True)
@@ -45,12 +50,12 @@ def parse_sizes(text: str) -> list[Variant]:
         if len(name) > MAX_NAME:
             raise ValueError(f"variant name {name[:20]!r}... is longer than {MAX_NAME} characters")
         mode = match["mode"] or "fit"
-        if mode not in MODES:
+        if not is_mode(mode):
             raise ValueError(f"{item!r} has mode {mode!r}; expected one of {', '.join(MODES)}")
         if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
             raise ValueError(f"{item!r} needs a width and height between 1 and {MAX_SIDE}")
         if name in seen:
             raise ValueError(f"variant name {name!r} appears twice; names must be unique")
         seen.add(name)
-        variants.append(Variant(name, width, height, mode))  # type: ignore[arg-type]
+        variants.append(Variant(name, width, height, mode))
     return variants

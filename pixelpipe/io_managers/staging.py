@@ -68,8 +68,7 @@ def _run_started(instance: dg.DagsterInstance, run_id: str) -> float:
 def run_manifest_uri(instance: dg.DagsterInstance, run_id: str, asset: str) -> str | None:
     """The manifest `asset` wrote in run `run_id` (its materialization's metadata), if any."""
     for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
-        event = entry.dagster_event
-        mat = event.event_specific_data.materialization if event else None
+        mat = entry.asset_materialization
         if mat is not None and mat.asset_key.path[-1] == asset and "manifest_uri" in mat.metadata:
             return str(mat.metadata["manifest_uri"].value)
     return None
