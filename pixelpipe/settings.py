@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     # MLflow
     mlflow_tracking_uri: str = Field("http://127.0.0.1:5000", description="MLflow server")
     mlflow_experiment: str = Field("pixelpipe", min_length=1, description="experiment name")
-    registered_model_name: str = Field("pixelpipe-classifier", min_length=1)
+    registered_model_name: str = Field("pixelpipe-detector", min_length=1)
     # serving
     serve_max_batch: int = Field(16, ge=1, le=4096, description="micro-batch size limit")
     serve_max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="micro-batch wait, ms")

@@ -40,7 +40,13 @@ def variant_coco(
         boxes = project_to_variant(raw_boxes[raw_key], stage1["transform"], item["geometry"])
         key = item["output_uri"].split("/", 3)[3]
         image_id = len(images) + 1
-        images.append(coco_image(image_id, key, item["width"], item["height"], raw_key=raw_key))
+        # raw_sha256: the training split hashes content, so a re-upload keeps its side
+        raw_sha = item.get("source_sha256") or stage1.get("source_sha256") or ""
+        images.append(
+            coco_image(
+                image_id, key, item["width"], item["height"], raw_key=raw_key, raw_sha256=raw_sha
+            )
+        )
         for box in boxes:
             if box["label"] in cat_id:
                 anns.append(coco_annotation(len(anns) + 1, image_id, cat_id[box["label"]], box))

@@ -13,7 +13,7 @@ class MlflowResource(dg.ConfigurableResource):
 
     tracking_uri: str
     experiment: str = "pixelpipe"
-    registered_model_name: str = "pixelpipe-classifier"
+    registered_model_name: str = "pixelpipe-detector"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MlflowResource:

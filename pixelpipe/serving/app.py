@@ -2,7 +2,7 @@
 
 Run it on a registered model (the same entry the CLI and the serving benchmark use):
 
-    python -m pixelpipe.serving.app --model pixelpipe-classifier@champion --port 8080
+    python -m pixelpipe.serving.app --model pixelpipe-detector@champion --port 8080
 
 Inputs of `POST /v2/models/{name}/infer` (exactly one per request):
 

@@ -16,6 +16,7 @@ from pixelpipe.settings import Settings
 ModelName = Literal["tiny", "small", "resnet18", "resnet50"]
 Device = Literal["auto", "cpu", "cuda"]
 LoaderName = Literal["auto", "torch", "dali"]
+TaskName = Literal["detection", "classification"]
 MLFLOW_PROBE_TIMEOUT = 3.0
 
 
@@ -38,6 +39,9 @@ class TrainConfig(BaseModel):
         "empty = s3://ARTIFACTS_BUCKET/datasets/<variant>/index.json",
     )
     variant: str = Field("small", min_length=1, description="size variant the index describes")
+    task: TaskName = Field(
+        "detection", description="detection (boxes, the default) | classification (image labels)"
+    )
     model: ModelName = Field(
         "small", description="model preset: tiny | small | resnet18 | resnet50"
     )
@@ -57,7 +61,12 @@ class TrainConfig(BaseModel):
     )
     num_workers: int = Field(2, ge=0, le=64, description="torch DataLoader workers / DALI threads")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="share of raw images held out")
-    threshold: float = Field(0.5, gt=0, lt=1, description="score above which a label is predicted")
+    threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="fallback score threshold; each class gets its own, chosen on validation",
+    )
     max_images: int | None = Field(None, ge=1, description="use at most this many images")
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     synthetic_data: bool = Field(

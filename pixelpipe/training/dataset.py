@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -165,14 +166,29 @@ def known_variants(settings: Settings) -> list[str]:
     return sorted(p[len("datasets/") :].strip("/") for p in prefixes)
 
 
+BoxRow = tuple[float, float, float, float, int]
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One training image: its object key, local path, raw image key and class indices."""
+    """One training image: object key, local path, raw image key and sha256, classes, boxes.
+
+    boxes are (x, y, width, height, class index) in the variant's pixels.
+    """
 
     key: str
     path: str
     raw_key: str
     labels: tuple[int, ...]
+    boxes: tuple[BoxRow, ...] = ()
+    raw_sha256: str = ""
+    width: int = 0
+    height: int = 0
+
+    @property
+    def group(self) -> str:
+        """What the split hashes: the raw content when known, else the raw key."""
+        return self.raw_sha256 or self.raw_key
 
 
 @dataclass
@@ -203,17 +219,24 @@ def multi_hot(samples: list[Sample], classes: int) -> np.ndarray:
 
 def _entries_of(coco: dict[str, Any], class_of: dict[int, int], where: str) -> list[Sample]:
     labels: dict[int, set[int]] = {}
+    boxes: dict[int, list[BoxRow]] = {}
     for ann in coco.get("annotations", []):
         cat = int(ann["category_id"])
         if cat not in class_of:
             raise DatasetError(f"{where}: annotation {ann.get('id')} has unknown category {cat}")
         labels.setdefault(int(ann["image_id"]), set()).add(class_of[cat])
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        boxes.setdefault(int(ann["image_id"]), []).append((x, y, w, h, class_of[cat]))
     return [
         Sample(
             key=str(im["file_name"]),
             path="",
             raw_key=str(im.get("raw_key") or im["file_name"]),
             labels=tuple(sorted(labels.get(int(im["id"]), ()))),
+            boxes=tuple(boxes.get(int(im["id"]), ())),
+            raw_sha256=str(im.get("raw_sha256") or ""),
+            width=int(im.get("width") or 0),
+            height=int(im.get("height") or 0),
         )
         for im in coco.get("images", [])
     ]
@@ -263,7 +286,7 @@ def _local_paths(root: Path, samples: list[Sample]) -> list[Sample]:
             path = key_to_path(root, s.key)
         except UnsafeKeyError as exc:
             raise DatasetError(f"refusing image key {s.key!r}: {exc.reason}") from None
-        out.append(Sample(s.key, str(path), s.raw_key, s.labels))
+        out.append(dataclasses.replace(s, path=str(path)))
     return out
 
 
@@ -321,8 +344,10 @@ def stage_dataset(
 
 
 def split_samples(samples: list[Sample], val_fraction: float) -> tuple[list[Sample], list[Sample]]:
-    """Train/validation split by a hash of raw_key: copies of one raw image stay together."""
-    raw_keys = sorted({s.raw_key for s in samples}, key=_hash_unit)
+    """Train/validation split by a hash of each raw image's content (its sha256; the raw key
+    where the COCO has none): every copy and variant of one image lands on one side, and the
+    same images uploaded under another prefix split the same way."""
+    raw_keys = sorted({s.group for s in samples}, key=_hash_unit)
     if len(raw_keys) < 2:
         raise DatasetError(
             f"{len(raw_keys)} distinct raw image(s): a train/validation split needs at least 2"
@@ -332,6 +357,6 @@ def split_samples(samples: list[Sample], val_fraction: float) -> tuple[list[Samp
         val_keys = {raw_keys[0]}  # smallest hash: tiny datasets still get a validation image
     if len(val_keys) == len(raw_keys):
         val_keys.discard(raw_keys[-1])
-    train = [s for s in samples if s.raw_key not in val_keys]
-    val = [s for s in samples if s.raw_key in val_keys]
+    train = [s for s in samples if s.group not in val_keys]
+    val = [s for s in samples if s.group in val_keys]
     return train, val

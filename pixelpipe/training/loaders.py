@@ -203,7 +203,12 @@ class DaliBatches:
     READER = "reader"
 
     def __init__(
-        self, paths: Sequence[str], targets: np.ndarray, spec: LoaderSpec, train: bool
+        self,
+        paths: Sequence[str],
+        targets: np.ndarray,
+        spec: LoaderSpec,
+        train: bool,
+        return_mirror: bool = False,
     ) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
@@ -224,11 +229,13 @@ class DaliBatches:
             labels=order,
             spec=spec,
             train=train,
+            return_mirror=return_mirror,
         )
         pipe.build()
+        self.outputs = ["images", "index"] + (["mirror"] if return_mirror else [])
         self.iterator = DALIGenericIterator(
             [pipe],
-            ["images", "index"],
+            self.outputs,
             reader_name=self.READER,
             last_batch_policy=LastBatchPolicy.DROP if drop else LastBatchPolicy.PARTIAL,
             auto_reset=True,
@@ -247,8 +254,19 @@ class DaliBatches:
             index = out[0]["index"].to(device).view(-1).long()
             yield images, self.targets[index]
 
+    def iter_with_mirror(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(images, file positions, 1 where the image was mirrored) per batch."""
+        device = self.spec.torch_device
+        for out in self.iterator:
+            images = out[0]["images"].to(device, non_blocking=True)
+            index = out[0]["index"].view(-1).long()
+            mirror = out[0]["mirror"] if "mirror" in out[0] else torch.zeros_like(index)
+            yield images, index, mirror.view(-1)
 
-def _dali_pipeline(files: list[str], labels: list[int], spec: LoaderSpec, train: bool) -> Any:
+
+def _dali_pipeline(
+    files: list[str], labels: list[int], spec: LoaderSpec, train: bool, return_mirror: bool = False
+) -> Any:
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = spec.device == "cuda"
@@ -283,6 +301,8 @@ def _dali_pipeline(files: list[str], labels: list[int], spec: LoaderSpec, train:
             std=[255.0 * s for s in spec.std],
             mirror=mirror,
         )
+        if return_mirror:
+            return images, (index.gpu() if gpu else index), mirror
         return images, (index.gpu() if gpu else index)
 
     return pipeline()

@@ -1,11 +1,12 @@
 """The trained model as an MLflow pyfunc (raw image bytes -> labels), run logging and registry.
 
 Artifacts of a logged model: `model.pt` (TorchScript) and `preprocess.json`
-({input_width, input_height, mode, mean, std, labels, threshold}). The pyfunc and
+({input_width, input_height, mode, mean, std, labels, threshold, task, thresholds}). The
+pyfunc and
 `load_predictor` run the same `loaders.preprocess_images`, so serving sees exactly what
 training saw. Serve it from the pixelpipe environment (the class lives in this package):
 
-    mlflow models serve -m "models:/pixelpipe-classifier@candidate" --env-manager local
+    mlflow models serve -m "models:/pixelpipe-detector@candidate" --env-manager local
 
 and POST {"dataframe_records": [{"image": "<base64 JPEG/PNG>"}]} to /invocations.
 """
@@ -20,7 +21,7 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,12 @@ import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
 
-from pixelpipe.training.loaders import preprocess_images
-
 MODEL_FILE = "model.pt"
 PREPROCESS_FILE = "preprocess.json"
 CANDIDATE_ALIAS = "candidate"
 IMAGE_COLUMN = "image"
 LABELS_COLUMN = "labels"
+DETECTIONS_COLUMN = "detections"
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,16 @@ class PreprocessSpec:
     std: tuple[float, ...]
     labels: tuple[str, ...]
     threshold: float = 0.5
+    task: str = "classification"
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    def threshold_of(self, label: str) -> float:
+        """The class's own threshold (chosen on validation), else the fallback."""
+        return self.thresholds.get(label, self.threshold)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
@@ -66,26 +72,64 @@ class PreprocessSpec:
             std=tuple(float(v) for v in data["std"]),
             labels=tuple(str(v) for v in data["labels"]),
             threshold=float(data.get("threshold", 0.5)),
+            task=str(data.get("task", "classification")),
+            thresholds={str(k): float(v) for k, v in (data.get("thresholds") or {}).items()},
         )
 
 
 class Predictor:
-    """TorchScript model + preprocessing: encoded images in, a score per label out."""
+    """TorchScript model + preprocessing: encoded images in, scores (and boxes) out.
+
+    A detection model's TorchScript file returns N x K x 6 [x, y, w, h, score, class] in
+    input pixels; `detect` maps those back to each source image's pixels.
+    """
 
     def __init__(self, module: Any, spec: PreprocessSpec, device: str = "cpu") -> None:
         self.module = module
         self.spec = spec
         self.device = torch.device(device)
 
+    @property
+    def is_detector(self) -> bool:
+        return self.spec.task == "detection"
+
+    def _forward(self, blobs: Sequence[bytes]) -> tuple[torch.Tensor, list[Any]]:
+        from pixelpipe.serving.detections import input_geometry
+        from pixelpipe.training.loaders import decode_image, normalize, to_input_size
+
+        s = self.spec
+        arrays, geoms = [], []
+        for blob in blobs:
+            rgb = decode_image(blob)
+            geoms.append(input_geometry(rgb.shape[1], rgb.shape[0], s))
+            arrays.append(to_input_size(rgb, s.input_width, s.input_height, s.mode))
+        batch = normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), s.mean, s.std)
+        with torch.inference_mode():
+            out = self.module(batch.to(self.device)).float().cpu()
+        return out, geoms
+
+    def detect(self, blobs: Sequence[bytes]) -> list[list[dict[str, Any]]]:
+        """Per image, detections {label, score, box [x, y, w, h]} in source pixels."""
+        from pixelpipe.serving.detections import to_source
+
+        if not self.is_detector:
+            raise ValueError("this model is an image classifier; it has no boxes")
+        if not blobs:
+            return []
+        raw, geoms = self._forward(blobs)
+        return [to_source(r.numpy(), g, self.spec.labels) for r, g in zip(raw, geoms, strict=True)]
+
     def scores(self, blobs: Sequence[bytes]) -> np.ndarray:
-        """N x labels sigmoid scores for N encoded images (ImageError if one is unusable)."""
+        """N x labels image-level scores (a detector's: each label's best box score)."""
         if not blobs:
             return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
-        s = self.spec
-        batch = preprocess_images(blobs, s.input_width, s.input_height, s.mode, s.mean, s.std)
-        with torch.inference_mode():
-            logits = self.module(batch.to(self.device))
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        if self.is_detector:
+            from pixelpipe.serving.detections import label_scores
+
+            rows = [label_scores(d, self.spec.labels) for d in self.detect(blobs)]
+            return np.array([[r[k] for k in self.spec.labels] for r in rows], np.float32)
+        out, _ = self._forward(blobs)
+        return torch.sigmoid(out).numpy()
 
     def predict_images(self, blobs: Sequence[bytes]) -> list[dict[str, float]]:
         """One {label: score} dict per image, labels in category-id order."""
@@ -95,7 +139,8 @@ class Predictor:
         ]
 
     def over_threshold(self, scores: dict[str, float]) -> list[str]:
-        return [label for label, v in scores.items() if v > self.spec.threshold]
+        """Labels whose score beats the class's own threshold."""
+        return [label for label, v in scores.items() if v > self.spec.threshold_of(label)]
 
 
 def _artifact_files(model_dir: Path) -> tuple[Path, Path]:
@@ -120,8 +165,9 @@ def load_predictor(local_model_dir: str | Path, device: str = "cpu") -> Predicto
     return load_predictor_files(model_file, preprocess_file, device)
 
 
-class ImageClassifierModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: DataFrame with base64 `image` -> one score column per label + `labels`."""
+class ImageModel(mlflow.pyfunc.PythonModel):
+    """pyfunc: DataFrame with base64 `image` -> a score column per label, `labels` and, for a
+    detector, `detections` (JSON: [{label, score, box: [x, y, w, h]}] in source pixels)."""
 
     def load_context(self, context: Any) -> None:
         self.predictor = load_predictor_files(
@@ -143,13 +189,21 @@ def _as_bytes(value: Any) -> bytes:
 
 
 def predictions_frame(predictor: Predictor, blobs: Sequence[bytes]) -> pd.DataFrame:
+    """The pyfunc's answer: image-level scores and labels, plus boxes for a detector."""
+    from pixelpipe.serving.detections import label_scores
+
     labels = list(predictor.spec.labels)
-    scores = predictor.scores(blobs)
-    frame = pd.DataFrame(scores.astype(np.float64), columns=labels)
+    if predictor.is_detector:
+        found = predictor.detect(blobs)
+        scores = np.array([[label_scores(d, labels)[k] for k in labels] for d in found])
+    else:
+        scores = predictor.scores(blobs)
+    frame = pd.DataFrame(scores.astype(np.float64).reshape(-1, len(labels)), columns=labels)
     frame[LABELS_COLUMN] = [
-        [label for label, v in zip(labels, row, strict=True) if v > predictor.spec.threshold]
-        for row in scores
+        predictor.over_threshold(dict(zip(labels, row.tolist(), strict=True))) for row in scores
     ]
+    if predictor.is_detector:
+        frame[DETECTIONS_COLUMN] = [json.dumps(d) for d in found]
     return frame
 
 
@@ -168,7 +222,7 @@ def export_model(model: torch.nn.Module, spec: PreprocessSpec, out_dir: Path) ->
     return model_file, preprocess_file
 
 
-def _signature(labels: Sequence[str]) -> Any:
+def _signature(labels: Sequence[str], detector: bool) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
@@ -176,6 +230,7 @@ def _signature(labels: Sequence[str]) -> Any:
     outputs = Schema(
         [ColSpec(DataType.double, label) for label in labels]
         + [ColSpec(Array(DataType.string), LABELS_COLUMN)]
+        + ([ColSpec(DataType.string, DETECTIONS_COLUMN)] if detector else [])
     )
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -201,9 +256,9 @@ def log_pyfunc_model(
         example = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example_image).decode("ascii")]})
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=ImageClassifierModel(),
+            python_model=ImageModel(),
             artifacts={"model": str(model_file), "preprocess": str(preprocess_file)},
-            signature=_signature(spec.labels),
+            signature=_signature(spec.labels, spec.task == "detection"),
             input_example=example,
             pip_requirements=pip_requirements(),
         )

@@ -1,4 +1,4 @@
-"""Train the multi-label image classifier: one process, or each process of a torchrun job.
+"""Train the detector (or the image classifier): one process, or each process of a torchrun job.
 
 One process (what `launch` does for nodes * nproc_per_node == 1), from Python:
 
@@ -35,7 +35,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,16 +52,17 @@ from pixelpipe.training.dataset import (
     Sample,
     cap_samples,
     index_samples,
-    multi_hot,
     read_index,
     split_samples,
     stage_dataset,
 )
-from pixelpipe.training.loaders import MEAN, STD, Batches, LoaderSpec, make_batches
-from pixelpipe.training.model import build_model, count_parameters
+from pixelpipe.training.loaders import MEAN, STD, Batches, LoaderSpec
+from pixelpipe.training.model import count_parameters
+from pixelpipe.training.tasks import Task, TaskData, get_task
 
 log = logging.getLogger("pixelpipe.training")
 WARMUP_FRACTION = 0.05
+GRAD_CLIP = 10.0
 
 
 @dataclass
@@ -77,6 +78,15 @@ class EpochMetrics:
     lr: float
     val_loss: float | None = None
     val_f1_macro: float | None = None
+    val_map: float | None = None
+    val_map50: float | None = None
+    baseline_f1_macro: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def values(self) -> dict[str, float]:
+        """Every number, flat (per-class APs included), for MLflow."""
+        out = {k: v for k, v in asdict(self).items() if isinstance(v, int | float)}
+        return {**out, **self.extra}
 
 
 @dataclass
@@ -90,6 +100,8 @@ class TrainResult:
     metrics: dict[str, float]
     epochs: list[EpochMetrics] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    task: str = "detection"
+    thresholds: dict[str, float] = field(default_factory=dict)
     dataset_uri: str = ""
     dataset_digest: str = ""
     world_size: int = 1
@@ -131,38 +143,6 @@ class DistInfo:
         )
 
 
-# --- metrics ---------------------------------------------------------------------------------
-def f1_counts(predicted: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """3 x classes tensor of true positives, false positives, false negatives (bool inputs)."""
-    p, t = predicted.bool(), targets.bool()
-    return torch.stack([(p & t).sum(0), (p & ~t).sum(0), (~p & t).sum(0)]).double()
-
-
-def macro_f1(counts: torch.Tensor) -> float:
-    """Mean per-class F1; classes never present nor predicted carry no evidence and are skipped."""
-    tp, fp, fn = counts
-    seen = (tp + fp + fn) > 0
-    if not bool(seen.any()):
-        return 0.0
-    f1 = 2 * tp[seen] / (2 * tp[seen] + fp[seen] + fn[seen])
-    return float(f1.mean())
-
-
-def baseline_f1(train_targets: np.ndarray, val_targets: np.ndarray) -> dict[str, float]:
-    """Validation macro-F1 of two label-blind predictors chosen on the training labels.
-
-    prior: predict a class on every image when its training frequency is > 0.5.
-    constant: the best constant per class for F1 (always predict every class seen in training).
-    """
-    freq = train_targets.mean(axis=0) if len(train_targets) else np.zeros(val_targets.shape[1])
-    val = torch.from_numpy(val_targets)
-    out = {}
-    for name, positive in (("prior", freq > 0.5), ("constant", freq > 0)):
-        predicted = torch.from_numpy(np.broadcast_to(positive, val_targets.shape).copy())
-        out[name] = macro_f1(f1_counts(predicted, val))
-    return out
-
-
 # --- one epoch -------------------------------------------------------------------------------
 @dataclass
 class _Totals:
@@ -172,7 +152,7 @@ class _Totals:
     busy: float = 0.0
 
 
-def _timed(batches: Batches, totals: _Totals) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _timed(batches: Batches, totals: _Totals) -> Iterator[tuple[torch.Tensor, Any]]:
     """Yield batches, adding the time spent blocked on the loader to totals.wait."""
     iterator = iter(batches)
     while True:
@@ -202,19 +182,20 @@ def train_epoch(
     scheduler: Any,
     device: torch.device,
     amp: bool,
+    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
 ) -> _Totals:
     """One pass over this process's shard; returns local sums (loss, images, wait, busy)."""
     model.train()
-    loss_fn = nn.BCEWithLogitsLoss()
     totals = _Totals()
     loss_sum = torch.zeros((), device=device)
     for images, targets in _timed(batches, totals):
         started = time.perf_counter()
         with _autocast(device, amp):
-            logits = model(images)
-        loss = loss_fn(logits.float(), targets)
+            output = model(images)
+        loss = loss_fn(output, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
         scheduler.step()
         loss_sum += loss.detach() * len(images)
@@ -223,27 +204,6 @@ def train_epoch(
         totals.busy += time.perf_counter() - started
     totals.loss = float(loss_sum)
     return totals
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, batches: Batches, threshold: float, device: torch.device, amp: bool
-) -> tuple[torch.Tensor, float, int]:
-    """Local (F1 counts, loss sum, images) over this process's validation shard."""
-    model.eval()
-    loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
-    counts: torch.Tensor | None = None
-    loss_sum, images = 0.0, 0
-    for x, y in batches:
-        with _autocast(device, amp):
-            logits = model(x).float()
-        loss_sum += float(loss_fn(logits, y)) / y.shape[1]
-        images += len(x)
-        batch_counts = f1_counts(torch.sigmoid(logits) > threshold, y).cpu()
-        counts = batch_counts if counts is None else counts + batch_counts
-    if counts is None:
-        counts = torch.zeros(3, 0, dtype=torch.float64)
-    return counts, loss_sum, images
 
 
 # --- setup -----------------------------------------------------------------------------------
@@ -366,13 +326,22 @@ class _Trainer:
     scheduler: Any
     device: torch.device
     distributed: bool
+    task: Task
+    data: TaskData
+    thresholds: dict[str, float] = field(default_factory=dict)
 
     def epoch(self, epoch: int) -> EpochMetrics:
         """Train one epoch, then validate; numbers summed over all processes."""
         cfg, started = self.config, time.perf_counter()
         self.train_batches.set_epoch(epoch)
         totals = train_epoch(
-            self.model, self.train_batches, self.optimizer, self.scheduler, self.device, cfg.amp
+            self.model,
+            self.train_batches,
+            self.optimizer,
+            self.scheduler,
+            self.device,
+            cfg.amp,
+            self.task.loss,
         )
         wall = _all_max(time.perf_counter() - started, self.distributed)
         loss, images, wait, busy = _all_sum(
@@ -395,12 +364,17 @@ class _Trainer:
     def _validate(self, metrics: EpochMetrics) -> None:
         # the bare network: DDP's forward syncs buffers, a collective that ranks with
         # unequal validation shards could not all join
-        counts, loss, images = evaluate(
-            self.net, self.val_batches, self.config.threshold, self.device, self.config.amp
+        found = self.task.validate(
+            self.net, self.val_batches, self.data, self.device, self.config.amp
         )
-        summed = _all_sum([*counts.flatten().tolist(), loss, images], self.distributed)
-        metrics.val_loss = summed[-2] / max(1.0, summed[-1])
-        metrics.val_f1_macro = macro_f1(torch.tensor(summed[:-2]).view(3, -1))
+        metrics.val_loss = found.loss
+        values = dict(found.metrics)
+        metrics.val_f1_macro = values.pop("val_f1_macro", None)
+        metrics.val_map = values.pop("val_map", None)
+        metrics.val_map50 = values.pop("val_map50", None)
+        metrics.baseline_f1_macro = values.pop("baseline_f1_macro", None)
+        metrics.extra = values
+        self.thresholds = found.thresholds
 
 
 def _loader_spec(config: TrainConfig, index: DatasetIndex, info: DistInfo, device: str) -> Any:
@@ -423,15 +397,12 @@ def _build(
 ) -> tuple[_Trainer, str]:
     device = torch.device(device_name, info.local_rank if device_name == "cuda" else None)
     labels = data.index.labels
+    task = get_task(config.task)
     loader = "synthetic" if config.synthetic_data else resolve_loader(config, device_name)
     spec = _loader_spec(config, data.index, info, device_name)
-    train_targets, val_targets = (
-        multi_hot(data.train, len(labels)),
-        multi_hot(data.val, len(labels)),
-    )
-    train_batches = make_batches(loader, [s.path for s in data.train], train_targets, spec, True)
-    val_batches = make_batches(loader, [s.path for s in data.val], val_targets, spec, False)
-    net = build_model(config.model, len(labels)).to(device)
+    train_batches = task.batches(loader, data.train, len(labels), spec, True)
+    val_batches = task.batches(loader, data.val, len(labels), spec, False)
+    net = task.build(config.model, len(labels)).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         net = net.to(memory_format=torch.channels_last)
@@ -443,8 +414,19 @@ def _build(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     scheduler = _schedule(optimizer, config.epochs * max(1, len(train_batches)))
+    task_data = TaskData(labels, data.train, data.val, distributed)
     trainer = _Trainer(
-        config, model, net, train_batches, val_batches, optimizer, scheduler, device, distributed
+        config,
+        model,
+        net,
+        train_batches,
+        val_batches,
+        optimizer,
+        scheduler,
+        device,
+        distributed,
+        task,
+        task_data,
     )
     return trainer, loader
 
@@ -461,13 +443,12 @@ def _run(
     data = _load_data(config, settings)
     trainer, loader = _build(config, data, info, device_name, distributed)
     labels = data.index.labels
-    baselines = baseline_f1(multi_hot(data.train, len(labels)), multi_hot(data.val, len(labels)))
     tracker = _start_tracking(config, settings, data, info, loader, device_name, trainer.net)
     try:
         epochs: list[EpochMetrics] = []
         for epoch in range(config.epochs):
             epochs.append(trainer.epoch(epoch))
-            values = {k: v for k, v in asdict(epochs[-1]).items() if v is not None}
+            values = epochs[-1].values()
             if tracker is not None:
                 tracker.log_metrics(values, epoch)
             if info.is_main:
@@ -477,9 +458,11 @@ def _run(
             model_version=None,
             run_url=None,
             model_uri=None,
-            metrics=_final_metrics(epochs, baselines),
+            metrics=_final_metrics(epochs),
             epochs=epochs,
             labels=labels,
+            task=config.task,
+            thresholds=trainer.thresholds,
             dataset_uri=data.index.uri,
             dataset_digest=data.index.digest,
             world_size=info.world_size,
@@ -501,7 +484,7 @@ def _run(
     return result
 
 
-def _final_metrics(epochs: list[EpochMetrics], baselines: dict[str, float]) -> dict[str, float]:
+def _final_metrics(epochs: list[EpochMetrics]) -> dict[str, float]:
     last = epochs[-1]
     steady = epochs[1:] or epochs  # epoch 0 pays for worker start-up and warm-up
     out = {
@@ -510,13 +493,11 @@ def _final_metrics(epochs: list[EpochMetrics], baselines: dict[str, float]) -> d
         "data_wait_fraction": float(np.median([e.data_wait_fraction for e in steady])),
         "epoch_seconds": float(np.median([e.epoch_seconds for e in steady])),
     }
-    if last.val_f1_macro is not None and last.val_loss is not None:
-        out["val_f1_macro"] = last.val_f1_macro
-        out["val_loss"] = last.val_loss
-        out["baseline_f1_macro"] = max(baselines.values())
-        out["baseline_prior_f1_macro"] = baselines["prior"]
-        out["baseline_constant_f1_macro"] = baselines["constant"]
-    return out
+    for name in ("val_loss", "val_f1_macro", "val_map", "val_map50", "baseline_f1_macro"):
+        value = getattr(last, name)
+        if value is not None:
+            out[name] = value
+    return out | ({k: v for k, v in last.extra.items()} if last.val_loss is not None else {})
 
 
 def _start_tracking(
@@ -566,14 +547,18 @@ def _finish_tracking(
             std=STD,
             labels=tuple(result.labels),
             threshold=config.threshold,
+            task=config.task,
+            thresholds=result.thresholds,
         )
         example = Path(data.val[0].path).read_bytes()
         tags = {
             "dataset_digest": data.index.digest,
             "variant": data.index.variant,
-            **{k: f"{v:.4f}" for k, v in result.metrics.items() if "f1" in k},
+            "task": config.task,
+            **{k: f"{v:.4f}" for k, v in result.metrics.items() if "f1" in k or "map" in k},
         }
-        result.model_uri, result.model_version = tracker.log_model(net, spec, example, tags)
+        module = get_task(config.task).export_module(net)
+        result.model_uri, result.model_version = tracker.log_model(module, spec, example, tags)
     result.run_id, result.run_url = tracker.run_id, tracker.run_url
     tracker.end("FINISHED")
 
