@@ -199,8 +199,10 @@ def audit(
 @app.command()
 def train(
     variant: str = typer.Option(None, "--variant", help="size variant (its dataset index)"),
+    task: str = typer.Option(None, "--task", help="detection (default) | classification"),
     epochs: int = typer.Option(None, "--epochs"),
     batch_size: int = typer.Option(None, "--batch-size"),
+    lr: float = typer.Option(None, "--lr"),
     nproc_per_node: int = typer.Option(None, "--nproc-per-node"),
     model: str = typer.Option(None, "--model", help="tiny | small | resnet18 | resnet50"),
     loader: str = typer.Option(None, "--loader", help="auto | torch | dali"),
@@ -217,8 +219,10 @@ def train(
     fields = yaml.safe_load(config.read_text()) if config else {}
     given = {
         "variant": variant,
+        "task": task,
         "epochs": epochs,
         "batch_size": batch_size,
+        "lr": lr,
         "model": model,
         "nproc_per_node": nproc_per_node,
         "loader": loader,
@@ -435,6 +439,7 @@ def bench_training(
     epochs: int = typer.Option(2, "--epochs", min=1),
     repeats: int = typer.Option(3, "--repeats", min=1),
     model: str = typer.Option("tiny", "--model"),
+    task: str = typer.Option("detection", "--task", help="detection | classification"),
     loader: str = typer.Option("auto", "--loader"),
     max_images: int = typer.Option(None, "--max-images"),
     out: Path = typer.Option(Path("reports/bench/training"), "--out"),
@@ -452,7 +457,8 @@ def bench_training(
         repeats,
         out,
         loader,
-        model=model,
+        model=model,  # type: ignore[arg-type]
+        task=task,  # type: ignore[arg-type]
         max_images=max_images,
     )
     _echo_rows(rows)

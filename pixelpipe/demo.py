@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from pixelpipe import settings as settings_mod
 from pixelpipe.devstack.stack import DevStack, bucket_names
 
-DEFAULT_COUNT = 24
+DEFAULT_COUNT = 300
+DEMO_VARIANT = "detect"
+DEMO_SIZES = "detect:128x128:letterbox,small:224x224,medium:384x384:letterbox"
+DEMO_EPOCHS = 12
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
@@ -25,33 +29,71 @@ def _count(s3: object, bucket: str, prefix: str = "") -> tuple[int, int]:
     return objects, size
 
 
-def _train(settings: settings_mod.Settings, epochs: int) -> object:
-    """Stage 3 on the first variant's dataset index; registers a `candidate` version."""
-    from pixelpipe.training.config import TrainConfig
-    from pixelpipe.training.launch import launch
+def _train(settings: settings_mod.Settings, epochs: int) -> dict[str, Any] | None:
+    """Stage 3 through the `trained_model` asset on the Dagster instance; its metadata."""
 
-    variant = settings.variants[0].name
-    typer.echo(f"training on variant {variant!r} ({epochs} epochs, model tiny) ...")
-    result = launch(
-        TrainConfig(
-            variant=variant,
-            model="tiny",
-            epochs=epochs,
-            batch_size=16,
-            num_workers=1,
-            run_name="demo",
-        ),
-        settings,
+    from pixelpipe.definitions import build_definitions
+    from pixelpipe.pipeline import QUIET, instance_for
+
+    typer.echo(f"training a detector on variant {DEMO_VARIANT!r} ({epochs} epochs) via Dagster ...")
+    job = build_definitions(settings).resolve_job_def("training_job")
+    config = {"variant": DEMO_VARIANT, "model": "small", "epochs": epochs, "num_workers": 1}
+    result = job.execute_in_process(
+        run_config={**QUIET, "ops": {"trained_model": {"config": config}}},
+        instance=instance_for(settings),
+        raise_on_error=False,
     )
-    f1 = result.metrics.get("val_f1_macro", float("nan"))
+    if not result.success:
+        failure = next((e for e in result.all_events if e.is_failure), None)
+        typer.echo(f"  training FAILED: {failure.message if failure else 'see the Dagster run'}")
+        return None
+    event = result.get_asset_materialization_events()[0]
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
     typer.echo(
-        f"  trained: val macro-F1 {f1:.3f}, model version {result.model_version} "
-        f"(alias candidate), run {result.run_url}"
+        f"  held-out mAP@[.5:.95] {meta.get('final_val_map', float('nan')):.3f}, "
+        f"mAP@.5 {meta.get('final_val_map50', float('nan')):.3f}; image-level macro-F1 "
+        f"{meta.get('final_val_f1_macro', float('nan')):.3f} vs "
+        f"{meta.get('final_baseline_f1_macro', float('nan')):.3f} for predicting every class"
     )
-    return result
+    typer.echo(
+        f"  {meta.get('train_images')} train / {meta.get('val_images')} validation images; "
+        f"model version {meta.get('model_version')} (alias candidate); Dagster run "
+        f"{result.run_id[:8]}; MLflow {meta.get('mlflow_url')}"
+    )
+    return meta
 
 
-def _serve_and_ask(settings: settings_mod.Settings, image: Path, partition: str | None) -> bool:
+def _true_boxes(sample: Path, image: Path) -> list[tuple[str, list[float]]]:
+    """The sample image's labelled boxes (source pixels), from the Label Studio export."""
+    from pixelpipe.annotations.labelstudio import ls_to_coco
+
+    folder = sample / "annotations"
+    coco = ls_to_coco(folder / "export.json", folder / "label_config.xml").coco
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    ids = {im["id"] for im in coco["images"] if Path(im["file_name"]).name == image.name}
+    return [
+        (names[a["category_id"]], [round(v, 1) for v in a["bbox"]])
+        for a in coco["annotations"]
+        if a["image_id"] in ids
+    ]
+
+
+def _show_boxes(answer: dict[str, Any], truth: list[tuple[str, list[float]]]) -> None:
+    labels = set(answer.get("labels", []))
+    found = [d for d in answer.get("detections", []) if d["label"] in labels][:8]
+    typer.echo("  true boxes [x, y, w, h]:")
+    for label, box in truth:
+        typer.echo(f"    {label:<9} {box}")
+    typer.echo(f"  served boxes (over each class's threshold; image labels {sorted(labels)}):")
+    for d in found:
+        typer.echo(f"    {d['label']:<9} {[round(v, 1) for v in d['box']]}  score {d['score']:.2f}")
+    if not found:
+        typer.echo("    none")
+
+
+def _serve_and_ask(
+    settings: settings_mod.Settings, sample: Path, image: Path, partition: str | None
+) -> bool:
     """Promote the candidate, serve it, send one sample image, print the answer."""
     import subprocess
     import sys
@@ -93,8 +135,12 @@ def _serve_and_ask(settings: settings_mod.Settings, image: Path, partition: str 
                 f"{url}/predict", files={"file": (image.name, handle, "image/jpeg")}, timeout=30
             )
         typer.echo(f"serving {name}@champion at {url} (OIP v2, /predict, /metrics)")
-        typer.echo(f"  POST /predict {image.name} -> {answer.status_code} {answer.text}")
-        return answer.status_code == 200
+        typer.echo(f"  POST /predict {image.name} -> {answer.status_code}")
+        if answer.status_code != 200:
+            typer.echo(f"  {answer.text[:2000]}")
+            return False
+        _show_boxes(answer.json(), _true_boxes(sample, image))
+        return True
     finally:
         server.terminate()
         server.wait(30)
@@ -116,16 +162,19 @@ def _batch_predictions(settings: settings_mod.Settings, partition: str) -> None:
     )
     for event in result.get_asset_materialization_events():
         meta = event.event_specific_data.materialization.metadata
-        typer.echo(
-            f"batch_predictions {partition}: {meta['images'].value} images, labels "
-            f"{meta['label_counts'].value}; Label Studio import "
-            f"{meta['label_studio_import_uri'].value}"
-        )
+        shown = {k: meta[k].value for k in ("images", "label_counts", "boxes") if k in meta}
+        typer.echo(f"batch_predictions {partition}: {shown}")
+        if "label_studio_import_uri" in meta:
+            typer.echo(f"  Label Studio import {meta['label_studio_import_uri'].value}")
 
 
-def run_demo(stack_dir: Path, count: int, seed: int = 7, epochs: int = 3) -> int:
+def run_demo(stack_dir: Path, count: int, seed: int = 7, epochs: int | None = None) -> int:
     """The whole pipeline on sample data; returns a process exit code."""
     started = time.monotonic()
+    # the detector trains on a small letterbox variant (every box kept whole); the user's own
+    # NORMALIZE_SIZES wins when set, as long as it has a variant of that name
+    os.environ.setdefault("NORMALIZE_SIZES", DEMO_SIZES)
+    epochs = epochs or (DEMO_EPOCHS if count >= 100 else 2)
     stack = DevStack(stack_dir, settings_mod.load_settings())
     info = stack.up()
     typer.echo(f"stack up: S3 {info.s3_endpoint}, MLflow {info.mlflow_uri}")
@@ -150,8 +199,8 @@ def run_demo(stack_dir: Path, count: int, seed: int = 7, epochs: int = 3) -> int
     trained = _train(settings, epochs)
     first = next((o.partition for o in outcomes if o.success), None)
     image = next(p for p in sorted((sample / "images").iterdir()) if p.suffix == ".jpg")
-    served = bool(getattr(trained, "model_version", None)) and _serve_and_ask(
-        settings, image, first
+    served = bool(trained and trained.get("model_version")) and _serve_and_ask(
+        settings, sample, image, first
     )
     s3 = client_from_settings(settings)
     typer.echo("\nbuckets:")

@@ -83,9 +83,7 @@ def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
 
 
 @pytest.fixture
-def fenv(
-    fstack: FaultStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
+def fenv(fstack: FaultStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """The environment of one fault test: S3 through the proxy, its own Dagster instance."""
     info = fstack.dev.info()
     assert info is not None

@@ -6,17 +6,14 @@ and DALI loaders on CPU, and that the MLflow pyfunc agrees with the fast Predict
 from __future__ import annotations
 
 import base64
-import hashlib
+import dataclasses
 import io
 import json
 import os
 import secrets
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import mlflow
 import mlflow.artifacts
 import mlflow.pyfunc
@@ -26,15 +23,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from training_helpers import Published, publish_dataset, render_variant_images
 
-from pixelpipe.annotations.coco import categories, coco_annotation, coco_doc, coco_image
-from pixelpipe.annotations.labelstudio import ls_to_coco
-from pixelpipe.datagen import CLASSES, generate
-from pixelpipe.imaging.boxes import Box, affine_boxes
-from pixelpipe.imaging.decode import encode_jpeg
-from pixelpipe.imaging.geometry import project_boxes
-from pixelpipe.imaging.resize_cpu import process_file
-from pixelpipe.imaging.variants import Variant
+from pixelpipe.datagen import CLASSES
 from pixelpipe.settings import Settings
 from pixelpipe.training.config import TrainConfig, dali_available
 from pixelpipe.training.dataset import read_index, split_samples, stage_dataset
@@ -46,186 +37,8 @@ from pixelpipe.training.train import TrainResult
 pytestmark = pytest.mark.stack
 
 
-# --- a dataset index like the one stage 2 publishes ------------------------------------------
-@dataclass(frozen=True)
-class VariantImage:
-    """One normalized image: its JPEG bytes, the raw image it came from and its boxes."""
-
-    name: str
-    raw_key: str
-    jpeg: bytes
-    width: int
-    height: int
-    boxes: list[Box]
-
-
-def render_variant_images(
-    out_dir: Path, raw_images: int, size: int, copies: int = 1, seed: int = 0
-) -> list[VariantImage]:
-    """datagen -> Label Studio export -> COCO -> size x size 'fit' JPEGs; copy k>0 is mirrored."""
-    summary = generate(out_dir, raw_images, seed)
-    coco = ls_to_coco(summary.export_path, summary.label_config_path).coco
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    boxes: dict[int, list[Box]] = {}
-    for ann in coco["annotations"]:
-        x, y, w, h = ann["bbox"]
-        boxes.setdefault(ann["image_id"], []).append(
-            Box(label=names[ann["category_id"]], x=x, y=y, w=w, h=h)
-        )
-    variant = Variant("train", size, size, "fit")
-    out: list[VariantImage] = []
-    for im in coco["images"]:
-        path = out_dir / "images" / Path(im["file_name"]).name
-        rendered = process_file(str(path), [variant], 90).outputs[0]
-        placed = project_boxes(boxes.get(im["id"], []), rendered.geometry)
-        stem = path.stem
-        out.append(VariantImage(f"{stem}__c0.jpg", f"incoming/{path.name}", rendered.jpeg,
-                                size, size, placed))  # fmt: skip
-        for k in range(1, copies):
-            out.append(_dihedral_copy(rendered.jpeg, placed, size, k, f"{stem}__c{k}.jpg",
-                                      f"incoming/{path.name}"))  # fmt: skip
-    return out
-
-
-def _dihedral_copy(
-    jpeg: bytes, boxes: list[Box], size: int, k: int, name: str, raw_key: str
-) -> VariantImage:
-    """Copy k of a square image: rotated k*90 degrees counter-clockwise, mirrored when k >= 4.
-
-    Stands in for stage 1's augmented copies (the shapes' labels survive any of these).
-    """
-    rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
-    turn = [[0.0, 1.0, 0.0], [-1.0, 0.0, float(size)], [0.0, 0.0, 1.0]]
-    for _ in range(k % 4):
-        rgb = np.rot90(rgb)
-        boxes = affine_boxes(boxes, turn, size, size)
-    if k >= 4:
-        rgb = rgb[:, ::-1]
-        boxes = affine_boxes(boxes, [[-1.0, 0.0, float(size)], [0.0, 1.0, 0.0]], size, size)
-    return VariantImage(name, raw_key, encode_jpeg(np.ascontiguousarray(rgb)), size, size, boxes)
-
-
-def _polygon(label: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
-    if label == "square":
-        t = angle + np.pi / 4 + np.arange(4) * np.pi / 2
-        return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
-    if label == "triangle":
-        t = angle + np.arange(3) * 2 * np.pi / 3
-        return np.stack([cx + r * np.cos(t), cy + r * np.sin(t)], 1)
-    if label == "star":
-        t = angle + np.arange(10) * np.pi / 5
-        radius = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
-        return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], 1)
-    arm = 0.3 * r  # cross: a plus sign of two bars
-    pts = [(-arm, -r), (arm, -r), (arm, -arm), (r, -arm), (r, arm), (arm, arm), (arm, r),
-           (-arm, r), (-arm, arm), (-r, arm), (-r, -arm), (-arm, -arm)]  # fmt: skip
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([(cx + c * x - s * y, cy + s * x + c * y) for x, y in pts])
-
-
-SHAPE_COLOURS: dict[str, np.ndarray] = {
-    name: np.array(rgb)
-    for name, rgb in zip(
-        CLASSES,
-        [(220, 40, 40), (40, 200, 60), (50, 80, 230), (235, 215, 40), (215, 50, 215)],
-        strict=True,
-    )
-}
-
-
-def render_shapes(count: int, size: int, seed: int) -> list[VariantImage]:
-    """Fast, clearly learnable images: 1-3 shapes of CLASSES, one per quadrant, on grey noise.
-
-    Each class also has its own colour. datagen's scenes (any colour, any size, occlusion)
-    take a CNN thousands of images and steps to learn; this test is about the pipeline
-    carrying labels, pixels, loss and metrics correctly, in seconds on two CPU cores.
-    """
-    rng = np.random.default_rng(seed)
-    cell = size / 2
-    out: list[VariantImage] = []
-    for i in range(count):
-        grey = rng.integers(70, 180)
-        img = np.clip(grey + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
-        boxes: list[Box] = []
-        picked = rng.choice(len(CLASSES), size=int(rng.integers(1, 4)), replace=False)
-        cells = rng.permutation(4)[: len(picked)]  # one shape per quadrant: no occlusion
-        for class_index, where in zip(picked, cells, strict=True):
-            label = CLASSES[int(class_index)]
-            r = rng.uniform(0.32, 0.45) * cell
-            cx = (where % 2 + 0.5) * cell + rng.uniform(-1, 1) * (cell / 2 - r)
-            cy = (where // 2 + 0.5) * cell + rng.uniform(-1, 1) * (cell / 2 - r)
-            jitter = rng.integers(-25, 26, 3)
-            colour = tuple(int(v) for v in np.clip(SHAPE_COLOURS[label] + jitter, 0, 255))
-            if label == "circle":
-                cv2.circle(img, (round(cx), round(cy)), round(r), colour, -1, cv2.LINE_AA)
-            else:
-                pts = _polygon(label, cx, cy, r, rng.uniform(0, 2 * np.pi))
-                cv2.fillPoly(img, [np.round(pts).astype(np.int32)], colour, cv2.LINE_AA)
-            boxes.append(Box(label=label, x=cx - r, y=cy - r, w=2 * r, h=2 * r))
-        name = f"shape_{i:05d}.jpg"
-        out.append(VariantImage(name, f"incoming/{name}", encode_jpeg(img), size, size, boxes))
-    return out
-
-
-def publish_dataset(
-    settings: Settings,
-    s3: Any,
-    variant: str,
-    images: Sequence[VariantImage],
-    partitions: int = 2,
-    mode: str = "fit",
-) -> str:
-    """Upload images, one COCO file per partition and the index; return the index URI."""
-    cats = categories(CLASSES)
-    cat_id = {c["name"]: c["id"] for c in cats}
-    bucket, artifacts = settings.normalized_bucket, settings.artifacts_bucket
-    entries: list[dict[str, Any]] = []
-    for p in range(partitions):
-        part = f"b-20261125T0000{p:02d}-{secrets.token_hex(5)}"
-        doc_images, doc_anns = [], []
-        for image_id, im in enumerate(images[p::partitions], 1):
-            key = f"{variant}/{part}/{im.name}"
-            s3.put_object(Bucket=bucket, Key=key, Body=im.jpeg, ContentType="image/jpeg")
-            doc_images.append(coco_image(image_id, key, im.width, im.height, raw_key=im.raw_key))
-            for box in im.boxes:
-                ann = coco_annotation(len(doc_anns) + 1, image_id, cat_id[box["label"]], box)
-                doc_anns.append(ann)
-        coco_key = f"coco/{variant}/{part}.json"
-        body = json.dumps(coco_doc(doc_images, doc_anns, cats)).encode()
-        s3.put_object(Bucket=artifacts, Key=coco_key, Body=body)
-        entries.append({
-            "partition": part,
-            "coco_uri": f"s3://{artifacts}/{coco_key}",
-            "manifest_uri": f"s3://{bucket}/_manifests/normalized_images/{part}/manifest-x.json",
-            "images": len(doc_images),
-            "annotations": len(doc_anns),
-        })  # fmt: skip
-    digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
-    index = {
-        "schema_version": 1,
-        "variant": variant,
-        "width": images[0].width,
-        "height": images[0].height,
-        "mode": mode,
-        "bucket": bucket,
-        "categories": [{"id": c["id"], "name": c["name"]} for c in cats],
-        "partitions": entries,
-        "images": sum(e["images"] for e in entries),
-        "annotations": sum(e["annotations"] for e in entries),
-        "digest": digest,
-        "created_at": "2026-11-25T00:18:37+00:00",
-    }
-    index_key = f"datasets/{variant}/index.json"
-    s3.put_object(Bucket=artifacts, Key=index_key, Body=json.dumps(index).encode())
-    return f"s3://{artifacts}/{index_key}"
-
-
-# --- fixtures --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Published:
-    variant: str
-    uri: str
-    images: list[VariantImage]
+# --- fixtures -------------------------------------------------------------------------------
+LEARN_IMAGES = 400
 
 
 @pytest.fixture(scope="module")
@@ -237,10 +50,16 @@ def scenes(settings: Settings, s3: Any, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def shapes(settings: Settings, s3: Any) -> Published:
-    variant = f"t{secrets.token_hex(3)}-shapes"
-    images = render_shapes(240, 64, seed=0)
-    return Published(variant, publish_dataset(settings, s3, variant, images), images)
+def detection_scenes(
+    settings: Settings, s3: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Published:
+    """datagen's scenes as generated (1-4 shapes, random colours, textured backgrounds, four
+    source sizes) in a 128x128 letterbox variant: LEARN_IMAGES raw images, one copy each."""
+    variant = f"t{secrets.token_hex(3)}-detect"
+    gen = tmp_path_factory.mktemp("detect")
+    images = render_variant_images(gen, LEARN_IMAGES, 128, seed=11, mode="letterbox")
+    uri = publish_dataset(settings, s3, variant, images, mode="letterbox")
+    return Published(variant, uri, images)
 
 
 @pytest.fixture(scope="module")
@@ -265,12 +84,13 @@ def test_ft4_run_is_logged_registered_and_stored_in_s3(
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["model"] == "tiny" and params["epochs"] == "2"
+    assert params["task"] == "detection"
     assert params["dataset_uri"] == scenes.uri
     assert params["dataset_digest"] == tracked.dataset_digest
     assert params["code_version"]
-    assert {"train_loss", "val_f1_macro", "images_per_s", "data_wait_fraction"} <= set(
-        run.data.metrics
-    )
+    logged = set(run.data.metrics)
+    assert {"train_loss", "val_loss", "val_f1_macro", "val_map", "val_map50", "images_per_s",
+            "data_wait_fraction", "baseline_f1_macro", "val_ap_circle"} <= logged  # fmt: skip
     assert len(client.get_metric_history(tracked.run_id, "train_loss")) == 2
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == tracked.dataset_digest[:36]
@@ -289,25 +109,47 @@ def test_ft4_run_is_logged_registered_and_stored_in_s3(
 
 
 # --- it learns -------------------------------------------------------------------------------
-def test_model_learns_well_beyond_the_class_prior_baseline(
-    settings: Settings, shapes: Published
+def test_detector_learns_datagen_scenes_with_the_default_settings(
+    settings: Settings, detection_scenes: Published
 ) -> None:
-    config = TrainConfig(
-        variant=shapes.variant,
-        model="tiny",
-        epochs=6,
-        batch_size=32,
-        lr=3e-3,
-        num_workers=0,
-        device="cpu",
-        track=False,
-    )
+    """The defaults of `pixelpipe train --variant V` (epochs, lr, batch size, model) on datagen's
+    own scenes, CPU, fixed seed: held-out boxes and the image labels derived from them."""
+    config = TrainConfig(variant=detection_scenes.variant, device="cpu", num_workers=1, track=False)
+    assert config.task == "detection"
     result = launch(config, settings)
-    f1, baseline = result.metrics["val_f1_macro"], result.metrics["baseline_f1_macro"]
-    assert result.val_images >= 30
-    assert f1 >= 0.8, result.metrics
-    assert f1 >= baseline + 0.3, result.metrics
+    m = result.metrics
+    assert result.val_images >= 60, m
+    assert m["val_map50"] >= 0.5, m
+    assert m["val_f1_macro"] >= 0.85, m
+    assert m["val_f1_macro"] >= m["baseline_f1_macro"] + 0.2, m
+    assert 0.0 < m["val_map"] <= m["val_map50"], m
+    assert set(result.thresholds) == set(CLASSES)
     assert result.epochs[-1].train_loss < result.epochs[0].train_loss
+    print(f"\ndetector on datagen scenes: {json.dumps({k: round(v, 3) for k, v in m.items()})}")
+
+
+def test_image_classification_stays_available(settings: Settings, scenes: Published) -> None:
+    config = TrainConfig(variant=scenes.variant, task="classification", model="tiny", epochs=2,
+                         batch_size=8, num_workers=0, device="cpu", track=False)  # fmt: skip
+    result = launch(config, settings)
+    assert result.task == "classification"
+    assert {"val_f1_macro", "baseline_f1_macro"} <= set(result.metrics)
+    assert "val_map" not in result.metrics
+    assert set(result.thresholds) == set(CLASSES)
+    assert all(0.0 < t < 1.0 for t in result.thresholds.values())
+
+
+def test_the_split_follows_image_content_not_keys(settings: Settings, scenes: Published) -> None:
+    """Re-uploading the same images under another prefix keeps every image on its side, and
+    copies of one raw image never straddle the split."""
+    staged = stage_dataset(read_index(scenes.uri, settings), settings).samples
+    moved = [dataclasses.replace(s, key=f"other/{s.key}", raw_key=f"elsewhere/{s.raw_key}")
+             for s in staged]  # fmt: skip
+    train, val = split_samples(staged, 0.25)
+    train2, val2 = split_samples(moved, 0.25)
+    assert {s.raw_sha256 for s in val} == {s.raw_sha256 for s in val2}
+    assert not {s.raw_sha256 for s in train} & {s.raw_sha256 for s in val}
+    assert all(s.raw_sha256 for s in staged)
 
 
 # --- torchrun --------------------------------------------------------------------------------
@@ -332,6 +174,7 @@ def test_two_processes_under_torchrun_log_one_run(settings: Settings, scenes: Pu
     assert runs[0].info.status == "FINISHED"
     assert runs[0].data.params["world_size"] == "2"
     assert 0.0 <= result.metrics["val_f1_macro"] <= 1.0
+    assert 0.0 <= result.metrics["val_map50"] <= 1.0
 
 
 # --- loaders ---------------------------------------------------------------------------------
@@ -384,8 +227,51 @@ def test_loader_yields_normalised_batches_on_cpu(
     assert len(seen) == len(train_batches) == len(train) // 8 and set(seen) == {8}
 
 
+@pytest.mark.parametrize("kind", ["torch", "dali"])
+def test_detection_loaders_carry_boxes_through_flips(
+    settings: Settings, scenes: Published, kind: str
+) -> None:
+    if kind == "dali":
+        _dali_or_skip()
+    from pixelpipe.training.detector import OUTPUT_STRIDE
+    from pixelpipe.training.tasks import get_task
+
+    staged = stage_dataset(read_index(scenes.uri, settings), settings).samples
+    spec = LoaderSpec(64, 64, batch_size=8, num_workers=1, device="cpu", seed=1)
+    batches = get_task("detection").batches(kind, staged[:16], len(CLASSES), spec, True)
+    seen = 0
+    for images, (heat, reg, weight) in batches:
+        assert images.shape == (8, 3, 64, 64) and heat.shape == (8, len(CLASSES), 16, 16)
+        for i in range(len(images)):
+            peaks = torch.nonzero(heat[i] == 1.0)
+            sizes = sorted(
+                (round(float(torch.exp(reg[i, 0, y, x])) * OUTPUT_STRIDE, 3),
+                 round(float(torch.exp(reg[i, 1, y, x])) * OUTPUT_STRIDE, 3))
+                for _, y, x in peaks.tolist()
+            )  # fmt: skip
+            assert weight[i].max() == 1.0 or not sizes
+            matches = [s for s in staged if _sizes_match(s, sizes)]
+            assert matches, f"image {i}: box sizes {sizes} belong to no sample"
+            seen += 1
+    assert seen == 16
+
+
+def _sizes_match(sample: Any, sizes: list[tuple[float, float]]) -> bool:
+    """The sample's box sizes, as given or turned a quarter (w and h swapped)."""
+    mine = [(b[2], b[3]) for b in sample.boxes if b[2] >= 1 and b[3] >= 1]
+    for turn in (False, True):
+        want = sorted((round(h, 3), round(w, 3)) if turn else (round(w, 3), round(h, 3))
+                      for w, h in mine)  # fmt: skip
+        if len(want) == len(sizes) and all(
+            abs(a[0] - b[0]) < 0.01 and abs(a[1] - b[1]) < 0.01
+            for a, b in zip(want, sizes, strict=True)
+        ):
+            return True
+    return False
+
+
 # --- serving ---------------------------------------------------------------------------------
-def test_pyfunc_scores_base64_images_like_the_predictor(
+def test_pyfunc_returns_the_predictors_boxes_in_source_pixels(
     settings: Settings, scenes: Published, tracked: TrainResult, tmp_path: Path
 ) -> None:
     png = io.BytesIO()
@@ -396,13 +282,20 @@ def test_pyfunc_scores_base64_images_like_the_predictor(
         served = mlflow.pyfunc.load_model(tracked.model_uri).predict(frame)
         local = mlflow.artifacts.download_artifacts(tracked.model_uri, dst_path=str(tmp_path))
     labels = list(CLASSES)
-    assert list(served.columns) == [*labels, "labels"]
-    direct = load_predictor(local).predict_images(blobs)
-    for row, scores in zip(served.to_dict("records"), direct, strict=True):
-        assert set(scores) == set(labels)
-        assert all(0.0 <= v <= 1.0 for v in scores.values())
-        assert [row[k] for k in labels] == pytest.approx([scores[k] for k in labels], abs=1e-6)
-        assert list(row["labels"]) == [k for k in labels if scores[k] > 0.5]
+    assert list(served.columns) == [*labels, "labels", "detections"]
+    predictor = load_predictor(local)
+    assert predictor.spec.task == "detection" and set(predictor.spec.thresholds) == set(labels)
+    direct = predictor.detect(blobs)
+    sizes = [(64, 64), (64, 64), (100, 80)]
+    for row, dets, (w, h) in zip(served.to_dict("records"), direct, sizes, strict=True):
+        assert json.loads(row["detections"]) == dets
+        for d in dets:
+            x, y, bw, bh = d["box"]
+            assert x >= 0 and y >= 0 and x + bw <= w + 0.01 and y + bh <= h + 0.01
+            assert d["label"] in labels and 0.05 <= d["score"] <= 1.0
+        best = {k: max([d["score"] for d in dets if d["label"] == k], default=0.0) for k in labels}
+        assert [row[k] for k in labels] == pytest.approx([best[k] for k in labels], abs=1e-6)
+        assert list(row["labels"]) == predictor.over_threshold(best)
 
 
 # --- GPU -------------------------------------------------------------------------------------

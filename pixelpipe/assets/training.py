@@ -1,4 +1,4 @@
-"""Stage 3: train a multi-label classifier on a variant's dataset index, tracked in MLflow."""
+"""Stage 3: train the detector (or classifier) on a variant's dataset index, tracked in MLflow."""
 
 from typing import Any
 
@@ -10,19 +10,26 @@ from pixelpipe.settings import get_settings
 from pixelpipe.training.config import TrainConfig
 
 
+def _default(name: str) -> Any:
+    """TrainConfig's default: each hyperparameter is declared once, there."""
+    return TrainConfig.model_fields[name].default
+
+
 class TrainedModelConfig(dg.Config):
     """Launch settings for the trained_model asset (the same fields as `pixelpipe train`)."""
 
-    variant: str = "small"
-    model: str = "small"
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 2e-3
-    seed: int = 0
-    nproc_per_node: int = 1
-    loader: str = "auto"
-    device: str = "auto"
-    max_images: int | None = None
+    variant: str = _default("variant")
+    task: str = _default("task")
+    model: str = _default("model")
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")
+    lr: float = _default("lr")
+    seed: int = _default("seed")
+    nproc_per_node: int = _default("nproc_per_node")
+    loader: str = _default("loader")
+    device: str = _default("device")
+    num_workers: int = _default("num_workers")
+    max_images: int | None = _default("max_images")
 
 
 @dg.asset(group_name="training", deps=[coco_annotations], kinds={"pytorch", "mlflow"})
@@ -53,6 +60,8 @@ def trained_model(
             "world_size": result.world_size,
             "device": result.device,
             "loader": result.loader,
+            "task": result.task,
+            "thresholds": dg.MetadataValue.json(result.thresholds),
             "train_images": result.train_images,
             "val_images": result.val_images,
             "metrics": dg.MetadataValue.json(metrics),

@@ -29,6 +29,7 @@ from typing import Any
 from pixelpipe.settings import Settings, load_settings
 from pixelpipe.training.config import (
     ModelName,
+    TaskName,
     TrainConfig,
     local_cpu_count,
     resolve_device,
@@ -132,6 +133,7 @@ def run_bench(
     loader: str = "auto",
     *,
     model: ModelName = "small",
+    task: TaskName = "detection",
     batch_size: int = 64,
     num_workers: int = 1,
     max_images: int | None = None,
@@ -145,6 +147,7 @@ def run_bench(
     for size in sizes:
         base = TrainConfig(
             variant=size,
+            task=task,
             model=model,
             epochs=epochs,
             batch_size=batch_size,
@@ -163,7 +166,7 @@ def run_bench(
                 config = base.model_copy(
                     update={"nproc_per_node": n, "synthetic_data": data == "synthetic"}
                 )
-                row = {"variant": size, "model": model, "data": data, "instances": n}
+                row = {"variant": size, "task": task, "model": model, "data": data, "instances": n}
                 row.update(_one_setting(settings, config, repeats, threads))
                 row["repeats"], row["epochs"], row["batch_size"] = repeats, epochs, batch_size
                 rows.append(row)

@@ -36,6 +36,33 @@ def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def rot90_boxes(boxes: np.ndarray, size: int) -> np.ndarray:
+    """Boxes of a square size x size image turned 90 degrees as np.rot90 turns it."""
+    out = boxes.copy()
+    out[:, 0] = boxes[:, 1]
+    out[:, 1] = size - boxes[:, 0] - boxes[:, 2]
+    out[:, 2] = boxes[:, 3]
+    out[:, 3] = boxes[:, 2]
+    return out
+
+
+def augment(
+    chw: torch.Tensor, boxes: np.ndarray, width: int, height: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """A random mirror, and on square inputs a random quarter turn, applied to image and boxes.
+
+    Shape classes do not depend on orientation, so the eight symmetries of a square are free
+    extra training data.
+    """
+    if torch.rand(()) < 0.5:
+        chw, boxes = chw.flip(2), flip_boxes(boxes, width)
+    if width == height:
+        for _ in range(int(torch.randint(0, 4, ()))):
+            chw = torch.rot90(chw, 1, dims=(1, 2))
+            boxes = rot90_boxes(boxes, width)
+    return chw.contiguous(), boxes
+
+
 class DetectionFiles(Dataset):
     """Input-sized uint8 CHW images; training items carry targets, validation items their index."""
 
@@ -60,10 +87,7 @@ class DetectionFiles(Dataset):
         chw = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))
         if not self.train:
             return chw, i
-        boxes = self.boxes[i]
-        if torch.rand(()) < 0.5:
-            chw = chw.flip(2)
-            boxes = flip_boxes(boxes, s.width)
+        chw, boxes = augment(chw, self.boxes[i], s.width, s.height)
         heat, reg, weight = make_targets(boxes, self.classes, s.width, s.height)
         return chw, (torch.from_numpy(heat), torch.from_numpy(reg), torch.from_numpy(weight))
 

@@ -11,7 +11,15 @@ from torch import nn
 from pixelpipe.training.model import PRESETS, BasicBlock, Bottleneck, ModelSpec, _stem
 
 OUTPUT_STRIDE = 4
-HEAD_WIDTH = {"tiny": 48, "small": 64, "resnet18": 128, "resnet50": 128}
+# Detection trunks start at stride 4 (7x7/2 conv + max-pool): every stage feeds the stride-4
+# output, and the compute goes to resolution where small shapes need it, not to a stride-2 stage.
+DETECTOR_PRESETS: dict[str, ModelSpec] = {
+    "tiny": ModelSpec((16, 32, 64, 128), (1, 1, 1, 1), "basic", "imagenet"),
+    "small": ModelSpec((32, 64, 128, 256), (1, 1, 1, 1), "basic", "imagenet"),
+    "resnet18": PRESETS["resnet18"],
+    "resnet50": PRESETS["resnet50"],
+}
+HEAD_WIDTH = {"tiny": 24, "small": 48, "resnet18": 64, "resnet50": 128}
 PRIOR = 0.1  # initial heatmap probability: focal loss starts near its steady state
 MAX_DETECTIONS = 100
 
@@ -138,6 +146,6 @@ class DetectorExport(nn.Module):
 
 def build_detector(name: str, num_classes: int) -> CenterNet:
     """A detector preset by trunk name (tiny | small | resnet18 | resnet50)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(PRESETS)}")
-    return CenterNet(PRESETS[name], num_classes, HEAD_WIDTH.get(name, 64))
+    if name not in DETECTOR_PRESETS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(DETECTOR_PRESETS)}")
+    return CenterNet(DETECTOR_PRESETS[name], num_classes, HEAD_WIDTH[name])

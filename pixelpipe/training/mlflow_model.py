@@ -324,6 +324,10 @@ def _param_value(value: Any) -> str:
     return text[:6000]
 
 
+class TrackingError(RuntimeError):
+    """The MLflow server stopped answering during a run; says where, what and what to do."""
+
+
 class RunLogger:
     """One MLflow run on an explicit tracking URI: params, inputs, epoch metrics, the model.
 
@@ -380,8 +384,19 @@ class RunLogger:
             mlflow.log_input(dataset, context="training")
         mlflow.log_dict(index_doc, "dataset/index.json")
 
+    def _failed(self, what: str, exc: BaseException) -> TrackingError:
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        return TrackingError(
+            f"MLflow at MLFLOW_TRACKING_URI={self.tracking_uri!r} failed while {what} "
+            f"(run {self.run_id or 'not started'}): {reason}. Nothing was registered; the run "
+            "is retried as a whole once the server answers again"
+        )
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        try:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        except Exception as exc:  # any client error here means the server is gone or broken
+            raise self._failed(f"logging the metrics of epoch {step}", exc) from exc
 
     def log_model(
         self,
@@ -391,16 +406,34 @@ class RunLogger:
         version_tags: dict[str, str],
     ) -> tuple[str, str]:
         """Log the pyfunc model, register it and alias it 'candidate'; (model_uri, version)."""
-        info = log_pyfunc_model(model, spec, example_image)
-        version = register_candidate(
-            self.client, info.model_uri, self.registered_model_name, version_tags
-        )
+        try:
+            info = log_pyfunc_model(model, spec, example_image)
+            version = register_candidate(
+                self.client, info.model_uri, self.registered_model_name, version_tags
+            )
+        except Exception as exc:
+            raise self._failed("logging and registering the model", exc) from exc
         return info.model_uri, version
 
     def end(self, status: str) -> None:
-        """End the run as FINISHED or FAILED and restore mlflow's global URIs."""
+        """End the run as FINISHED or FAILED and restore mlflow's global URIs.
+
+        Marking a run FAILED is best effort: when the server is what failed, the run stays
+        RUNNING there and the error that got us here is the one that is raised.
+        """
         try:
             if self.run_id:
                 mlflow.end_run(status=status)
+        except Exception as exc:
+            if status == "FINISHED":
+                raise self._failed("finishing the run", exc) from exc
+            import logging
+
+            logging.getLogger("pixelpipe.training").warning(
+                "could not mark MLflow run %s %s: %s", self.run_id, status, exc
+            )
+            with contextlib.suppress(Exception):
+                while mlflow.active_run() is not None:
+                    mlflow.tracking.fluent._active_run_stack.get().pop()
         finally:
             self._context.close()
