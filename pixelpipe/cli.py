@@ -234,6 +234,11 @@ def train(
     except LaunchError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2) from None
+    if settings.dagster_home or os.environ.get("DAGSTER_HOME"):
+        from pixelpipe.assets.training import record_cli_training
+        from pixelpipe.pipeline import instance_for
+
+        record_cli_training(result, settings.mlflow_tracking_uri, instance_for(settings))
     typer.echo(
         json.dumps(
             {

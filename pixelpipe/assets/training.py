@@ -48,23 +48,37 @@ def trained_model(
     )
     train_config = TrainConfig(**config.model_dump(), run_name=f"dagster-{context.run.run_id[:8]}")
     result = launch(train_config, settings)
+    return dg.MaterializeResult(metadata=training_metadata(result, mlflow.tracking_uri))
+
+
+def training_metadata(result: Any, tracking_uri: str) -> dict[str, Any]:
+    """What a trained_model materialization shows: MLflow link, mAP, F1 vs baseline, data."""
     metrics: dict[str, Any] = {k: round(v, 4) for k, v in result.metrics.items()}
-    return dg.MaterializeResult(
-        metadata={
-            "run_id": result.run_id or "",
-            "mlflow_url": dg.MetadataValue.url(result.run_url or mlflow.tracking_uri),
-            "model_version": result.model_version or "",
-            "model_uri": result.model_uri or "",
-            "dataset_uri": result.dataset_uri,
-            "dataset_digest": result.dataset_digest,
-            "world_size": result.world_size,
-            "device": result.device,
-            "loader": result.loader,
-            "task": result.task,
-            "thresholds": dg.MetadataValue.json(result.thresholds),
-            "train_images": result.train_images,
-            "val_images": result.val_images,
-            "metrics": dg.MetadataValue.json(metrics),
-            **{f"final_{k}": v for k, v in metrics.items() if isinstance(v, int | float)},
-        }
+    return {
+        "run_id": result.run_id or "",
+        "mlflow_url": dg.MetadataValue.url(result.run_url or tracking_uri),
+        "model_version": result.model_version or "",
+        "model_uri": result.model_uri or "",
+        "dataset_uri": result.dataset_uri,
+        "dataset_digest": result.dataset_digest,
+        "world_size": result.world_size,
+        "device": result.device,
+        "loader": result.loader,
+        "task": result.task,
+        "thresholds": dg.MetadataValue.json(result.thresholds),
+        "train_images": result.train_images,
+        "val_images": result.val_images,
+        "metrics": dg.MetadataValue.json(metrics),
+        **{f"final_{k}": v for k, v in metrics.items() if isinstance(v, int | float)},
+    }
+
+
+def record_cli_training(result: Any, tracking_uri: str, instance: dg.DagsterInstance) -> None:
+    """`pixelpipe train` outside Dagster: the same materialization, as a runless event."""
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            asset_key=dg.AssetKey("trained_model"),
+            description="trained with `pixelpipe train`",
+            metadata=training_metadata(result, tracking_uri),
+        )
     )

@@ -27,27 +27,10 @@ class DatasetError(ValueError):
 
 
 def s3_client(settings: Settings) -> Any:
-    """A boto3 S3 client for the settings' endpoint (path-style, so any S3 server works)."""
-    import boto3
-    from botocore.config import Config
+    """The project's one S3 client factory, for the settings' endpoint."""
+    from pixelpipe.resources.s3 import client_from_settings
 
-    config = Config(
-        region_name=settings.aws_region,
-        retries={"max_attempts": settings.s3_max_attempts, "mode": "adaptive"},
-        max_pool_connections=max(64, settings.s3_max_concurrency * 2),
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        connect_timeout=10,
-        read_timeout=120,
-    )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url or None,
-        aws_access_key_id=settings.aws_access_key_id or None,
-        aws_secret_access_key=settings.aws_secret_access_key or None,
-        config=config,
-    )
+    return client_from_settings(settings)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -117,12 +117,12 @@ def decode(output: torch.Tensor, num_classes: int, k: int = MAX_DETECTIONS) -> t
     n, c, h, w = heat.shape
     peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).float()
     k = min(k, c * h * w)
-    scores, index = torch.topk(peaks.view(n, -1), k)
+    scores, index = torch.topk(peaks.reshape(n, -1), k)
     classes = torch.div(index, h * w, rounding_mode="floor")
     cell = index % (h * w)
     ys = torch.div(cell, w, rounding_mode="floor").float()
     xs = (cell % w).float()
-    box = output[:, num_classes:].float().view(n, 4, h * w)
+    box = output[:, num_classes:].float().reshape(n, 4, h * w)
     gathered = torch.gather(box, 2, cell.unsqueeze(1).expand(n, 4, k))
     bw = torch.exp(gathered[:, 0].clamp(max=8.0)) * OUTPUT_STRIDE
     bh = torch.exp(gathered[:, 1].clamp(max=8.0)) * OUTPUT_STRIDE
