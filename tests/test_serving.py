@@ -1,7 +1,9 @@
-"""The inference service without a network: Open Inference Protocol v2 answers that validate
-against the committed schemas, every error status in the `{"error": ...}` shape, refusal of
-decompression bombs, the FP32 tensor path, /metrics, micro-batching, model reference parsing,
-and the offline predictions + Label Studio import that batch prediction builds on."""
+"""The inference service without a network, serving a detector: Open Inference Protocol v2
+and /predict answers (detections in source pixels, per-class thresholds) that validate against
+the committed schemas, boxes mapped back through letterbox and fit, EXIF-rotated images, every
+error status in the `{"error": ...}` shape, refusal of decompression bombs, the FP32 tensor
+path, an image classifier's answers, /metrics, micro-batching, model reference parsing, and
+the offline predictions + Label Studio import that batch prediction builds on."""
 
 from __future__ import annotations
 
@@ -24,11 +26,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from serving_helpers import MEAN, STD, export_detector, unmatched
 
 from pixelpipe.annotations.labelstudio import rectangle_config
 from pixelpipe.imaging.decode import encode_jpeg
-from pixelpipe.serving.app import SCHEMA_DIR, create_app, json_schemas
+from pixelpipe.imaging.resize_cpu import plain_jpeg_size
+from pixelpipe.serving.api_models import SCHEMA_DIR, json_schemas
+from pixelpipe.serving.app import create_app
 from pixelpipe.serving.batching import BatchConfig, BatcherStopped, MicroBatcher
+from pixelpipe.serving.detections import image_labels, input_geometry, to_source
 from pixelpipe.serving.predictions import (
     ls_choices_import,
     predict_files,
@@ -36,7 +42,7 @@ from pixelpipe.serving.predictions import (
     validate_predictions,
 )
 from pixelpipe.serving.registry import ModelRef, parse_ref
-from pixelpipe.training.loaders import preprocess_images
+from pixelpipe.training.loaders import decode_image, preprocess_images
 from pixelpipe.training.mlflow_model import (
     Predictor,
     PreprocessSpec,
@@ -47,18 +53,25 @@ from pixelpipe.training.model import build_model
 
 LABELS = ("circle", "square", "triangle")
 SIZE = 48
-MODEL = "test-classifier"
+MODEL = "test-detector"
 VERSION = "3"
 INFER = f"/v2/models/{MODEL}/infer"
 
 
 # --- fixtures and helpers -------------------------------------------------------------------
-def make_predictor(out_dir: Path, threshold: float = 0.5) -> Predictor:
+def make_detector(out_dir: Path, **spec: Any) -> Predictor:
+    """An untrained tiny detector on SIZE x SIZE letterboxed input (its prior: scores ~0.1)."""
+    return load_predictor(export_detector(out_dir, LABELS, SIZE, **spec))
+
+
+def make_classifier(
+    out_dir: Path, threshold: float = 0.5, thresholds: dict[str, float] | None = None
+) -> Predictor:
     import torch
 
     torch.manual_seed(0)
     spec = PreprocessSpec(
-        SIZE, SIZE, "fit", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), LABELS, threshold
+        SIZE, SIZE, "fit", MEAN, STD, LABELS, threshold, "classification", thresholds or {}
     )
     export_model(build_model("tiny", len(LABELS)), spec, out_dir)
     return load_predictor(out_dir)
@@ -66,7 +79,12 @@ def make_predictor(out_dir: Path, threshold: float = 0.5) -> Predictor:
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
-    return make_predictor(tmp_path_factory.mktemp("model"))
+    return make_detector(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
+    return make_classifier(tmp_path_factory.mktemp("classifier"))
 
 
 def make_app(predictor: Predictor, **kwargs: Any) -> FastAPI:
@@ -115,6 +133,28 @@ def output(body: dict[str, Any], name: str) -> dict[str, Any]:
     return next(o for o in body["outputs"] if o["name"] == name)
 
 
+def detections_of(body: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The `detections` BYTES output, parsed and checked against the committed schema."""
+    found = [json.loads(text) for text in output(body, "detections")["data"]]
+    for image in found:
+        validate("detections", image)
+    return found
+
+
+def inside(detections: list[dict[str, Any]], width: float, height: float) -> bool:
+    return all(
+        d["box"][0] >= 0
+        and d["box"][1] >= 0
+        and d["box"][0] + d["box"][2] <= width + 0.01
+        and d["box"][1] + d["box"][3] <= height + 0.01
+        for d in detections
+    )
+
+
+def best_scores(detections: list[dict[str, Any]]) -> list[float]:
+    return [max((d["score"] for d in detections if d["label"] == k), default=0.0) for k in LABELS]
+
+
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """{(sample name, labels): value} of a Prometheus text exposition."""
     out = {}
@@ -161,6 +201,11 @@ def test_health_and_metadata_answers_validate(client: TestClient) -> None:
         "shape": [-1, 3, SIZE, SIZE],
     }
     assert inputs["image"]["datatype"] == "BYTES"
+    assert [o["name"] for o in body["outputs"]] == ["scores", "labels", "detections"]
+    params = body["parameters"]
+    assert (params["task"], params["mode"], params["thresholds"]) == ("detection", "letterbox", {})
+    assert "model input pixels (48x48)" in params["box_pixels"]["pixel_values"]
+    assert "source image pixels" in params["box_pixels"]["image"]
     model_ready = client.get(f"/v2/models/{MODEL}/ready")
     assert model_ready.status_code == 200
     validate("model_ready", model_ready.json())
@@ -176,21 +221,28 @@ def test_infer_with_encoded_images(client: TestClient, predictor: Predictor) -> 
     body = response.json()
     validate("infer_response", body)
     assert (body["model_name"], body["model_version"], body["id"]) == (MODEL, VERSION, "req-7")
+    assert [o["name"] for o in body["outputs"]] == ["scores", "labels", "detections"]
+    found = detections_of(body)
+    assert all(found) and all(inside(image, 96, 72) for image in found)  # source pixels
+    # a PNG takes exactly the pyfunc's path; JPEGs decode at DCT scale like stage 2
+    assert unmatched(predictor.detect([png()])[0], found[0]) == []
     scores = output(body, "scores")
     assert scores["datatype"] == "FP32" and scores["shape"] == [2, len(LABELS)]
     grid = np.asarray(scores["data"]).reshape(2, len(LABELS))
-    assert ((grid > 0) & (grid < 1)).all()
-    # a PNG takes exactly the training loader's path; JPEGs decode at DCT scale like stage 2
-    np.testing.assert_allclose(grid[0], predictor.scores([png()])[0], atol=1e-5)
-    np.testing.assert_allclose(grid[1], predictor.scores([jpeg(seed=1)])[0], atol=0.05)
+    assert [best_scores(image) for image in found] == grid.tolist()  # each label's best box
+    np.testing.assert_allclose(grid[0], predictor.scores([png()])[0], atol=1e-3)
     labels = output(body, "labels")
     assert labels["datatype"] == "BYTES" and labels["shape"] == [2]
-    for text, row in zip(labels["data"], grid, strict=True):
-        expected = [lab for lab, v in zip(LABELS, row, strict=True) if v > 0.5]
-        assert json.loads(text) == expected
+    for text, image in zip(labels["data"], found, strict=True):
+        assert json.loads(text) == image_labels(image, {}, 0.5)
+    only = client.post(INFER, json=image_request(png(), outputs=[{"name": "detections"}]))
+    assert [o["name"] for o in only.json()["outputs"]] == ["detections"]
+    assert detections_of(only.json())[0] == found[0]
 
 
 def test_infer_with_a_preprocessed_fp32_tensor(client: TestClient, predictor: Predictor) -> None:
+    import torch
+
     s = predictor.spec
     tensor = preprocess_images([png()], s.input_width, s.input_height, s.mode, s.mean, s.std)
     request = {
@@ -202,20 +254,25 @@ def test_infer_with_a_preprocessed_fp32_tensor(client: TestClient, predictor: Pr
                 "data": tensor.reshape(-1).tolist(),
             }
         ],
-        "outputs": [{"name": "scores"}],
+        "outputs": [{"name": "detections"}, {"name": "scores"}],
     }
     response = client.post(INFER, json=request)
     assert response.status_code == 200, response.text
     body = response.json()
     validate("infer_response", body)
-    assert [o["name"] for o in body["outputs"]] == ["scores"]
-    np.testing.assert_allclose(
-        output(body, "scores")["data"], predictor.scores([png()])[0], atol=1e-5
-    )
+    assert [o["name"] for o in body["outputs"]] == ["scores", "detections"]
+    # no source image: boxes stay in the model's input pixels
+    with torch.inference_mode():
+        raw = predictor.module(tensor.contiguous())[0].numpy()
+    expected = to_source(raw, input_geometry(SIZE, SIZE, s), LABELS)
+    (found,) = detections_of(body)
+    assert found and inside(found, SIZE, SIZE)
+    assert unmatched(expected, found) == []
+    assert output(body, "scores")["data"] == best_scores(found)
     nested = {**request["inputs"][0], "data": tensor.tolist()}  # nested data is valid OIP too
     again = client.post(f"/v2/models/{MODEL}/versions/{VERSION}/infer", json={"inputs": [nested]})
     assert again.status_code == 200
-    assert output(again.json(), "scores")["data"] == output(body, "scores")["data"]
+    assert detections_of(again.json())[0] == found
 
 
 def test_predict_multipart_and_raw_body(client: TestClient) -> None:
@@ -223,15 +280,120 @@ def test_predict_multipart_and_raw_body(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     validate("predict_response", body)
-    assert (body["model"], body["version"]) == (MODEL, VERSION)
+    assert (body["model"], body["version"], body["task"]) == (MODEL, VERSION, "detection")
+    assert body["detections"] and inside(body["detections"], 96, 72)
+    infer = client.post(INFER, json=image_request(jpeg())).json()
+    assert body["detections"] == detections_of(infer)[0]
     assert list(body["scores"]) == list(LABELS)
-    assert body["labels"] == [k for k, v in body["scores"].items() if v > 0.5]
+    assert list(body["scores"].values()) == output(infer, "scores")["data"]
+    assert body["labels"] == image_labels(body["detections"], {}, 0.5)
     raw = client.post("/predict", content=jpeg(), headers={"content-type": "image/jpeg"})
-    assert raw.status_code == 200 and raw.json()["scores"] == body["scores"]
+    assert raw.status_code == 200 and raw.json()["detections"] == body["detections"]
     everything = client.post("/predict?threshold=0", files={"file": ("a.jpg", jpeg())})
     nothing = client.post("/predict?threshold=1", files={"file": ("a.jpg", jpeg())})
-    assert everything.json()["labels"] == list(LABELS)
+    assert set(everything.json()["labels"]) == {d["label"] for d in body["detections"]}
     assert nothing.json()["labels"] == []
+    assert nothing.json()["detections"] == body["detections"]  # the threshold picks labels only
+
+
+def test_per_class_thresholds_pick_the_labels(tmp_path: Path) -> None:
+    thresholds = {"circle": 0.0, "square": 1.0}  # triangle: the 0.99 fallback
+    detector = make_detector(tmp_path / "detector", threshold=0.99, thresholds=thresholds)
+    with TestClient(make_app(detector, warm_up=False)) as c:
+        meta = c.get(f"/v2/models/{MODEL}").json()
+        body = c.post("/predict", files={"file": ("a.png", png())}).json()
+        infer = c.post(INFER, json=image_request(png())).json()
+        low = c.post("/predict?threshold=0.05", files={"file": ("a.png", png())}).json()
+    assert meta["parameters"]["thresholds"] == thresholds
+    assert {d["label"] for d in body["detections"]} == set(LABELS)
+    assert body["labels"] == ["circle"]
+    assert json.loads(output(infer, "labels")["data"][0]) == ["circle"]
+    assert set(low["labels"]) == set(LABELS)  # the query parameter overrides every threshold
+
+
+def test_input_boxes_map_back_to_source_pixels() -> None:
+    labels = ("a", "b")
+    letterbox = PreprocessSpec(128, 128, "letterbox", MEAN, STD, labels, task="detection")
+    geom = input_geometry(640, 480, letterbox)
+    assert (geom.scale_x, geom.scale_y, geom.pad_x, geom.pad_y) == (0.2, 0.2, 0, 16)
+    raw = np.array(
+        [
+            [10, 26, 20, 40, 0.9, 1],  # inside the picture
+            [0, 0, 128, 20, 0.8, 0],  # starts in the top bar: clipped to the image
+            [0, 0, 128, 10, 0.7, 0],  # only bar: dropped
+            [5, 30, 5, 5, 0.01, 0],  # under the 0.05 floor: dropped
+        ]
+    )
+    assert to_source(raw, geom, labels) == [
+        {"label": "b", "score": 0.9, "box": [50.0, 50.0, 100.0, 200.0]},
+        {"label": "a", "score": 0.8, "box": [0.0, 0.0, 640.0, 20.0]},
+    ]
+    fit = PreprocessSpec(128, 128, "fit", MEAN, STD, labels, task="detection")
+    geom = input_geometry(640, 480, fit)
+    assert (geom.resized_width, geom.resized_height, geom.crop_x, geom.crop_y) == (171, 128, 21, 0)
+    source = [100.0, 60.0, 200.0, 150.0]
+    x, y = source[0] * geom.scale_x - 21, source[1] * geom.scale_y
+    w, h = source[2] * geom.scale_x, source[3] * geom.scale_y
+    (found,) = to_source(np.array([[x, y, w, h, 0.5, 0]]), geom, labels)
+    assert found["box"] == pytest.approx(source, abs=0.01)
+    # a box at the crop's left edge starts 21 input pixels into the resized image
+    (edge,) = to_source(np.array([[0, 0, 10, 10, 0.5, 0]]), geom, labels)
+    assert edge["box"][0] == pytest.approx(21 / geom.scale_x, abs=0.01)
+
+
+def exif_jpeg(width: int, height: int, orientation: int) -> bytes:
+    image = Image.fromarray(picture(width, height))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_boxes_are_in_upright_source_pixels(client: TestClient, predictor: Predictor) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    rotated, plain = exif_jpeg(96, 72, 6), jpeg(96, 72)
+    # the DCT path sizes by the header: plain_jpeg_size takes no EXIF-rotated file, so a
+    # header size is always the upright size, the one a full decode gives
+    assert plain_jpeg_size(rotated) is None and plain_jpeg_size(plain) == (96, 72)
+    assert decode_image(plain).shape[:2] == (72, 96)
+    (plain_geom,) = service.preprocess([plain]).geometries
+    assert plain_geom == input_geometry(96, 72, predictor.spec)
+    (rotated_geom,) = service.preprocess([rotated]).geometries
+    assert (rotated_geom.src_width, rotated_geom.src_height) == (72, 96)
+    assert decode_image(rotated).shape[:2] == (96, 72)
+    body = client.post("/predict", files={"file": ("r.jpg", rotated, "image/jpeg")}).json()
+    assert body["detections"] and inside(body["detections"], 72, 96)
+    assert unmatched(predictor.detect([rotated])[0], body["detections"]) == []
+
+
+def test_classifier_models_answer_scores_and_labels(tmp_path: Path) -> None:
+    thresholds = {"circle": 0.0, "square": 1.0}
+    classifier = make_classifier(tmp_path / "classifier", 0.5, thresholds)
+    with TestClient(make_app(classifier, warm_up=False)) as c:
+        meta = c.get(f"/v2/models/{MODEL}").json()
+        infer = c.post(INFER, json=image_request(png(), jpeg(seed=1)))
+        predict = c.post("/predict", files={"file": ("a.png", png())})
+        asked = c.post(INFER, json=image_request(png(), outputs=[{"name": "detections"}]))
+    validate("model_metadata", meta)
+    assert meta["parameters"]["task"] == "classification"
+    assert "box_pixels" not in meta["parameters"]
+    assert [o["name"] for o in meta["outputs"]] == ["scores", "labels"]
+    assert infer.status_code == 200, infer.text
+    validate("infer_response", infer.json())
+    assert [o["name"] for o in infer.json()["outputs"]] == ["scores", "labels"]
+    grid = np.asarray(output(infer.json(), "scores")["data"]).reshape(2, len(LABELS))
+    assert ((grid > 0) & (grid < 1)).all()
+    np.testing.assert_allclose(grid[0], classifier.scores([png()])[0], atol=1e-5)
+    np.testing.assert_allclose(grid[1], classifier.scores([jpeg(seed=1)])[0], atol=0.05)
+    for text, row in zip(output(infer.json(), "labels")["data"], grid, strict=True):
+        expected = ["circle"] + (["triangle"] if row[2] > 0.5 else [])
+        assert json.loads(text) == expected
+    assert predict.status_code == 200
+    validate("predict_response", predict.json())
+    assert predict.json()["task"] == "classification" and predict.json()["detections"] == []
+    assert list(predict.json()["scores"].values()) == grid[0].tolist()
+    assert asked.status_code == 422 and "unknown output 'detections'" in asked.json()["error"]
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -454,7 +616,8 @@ def test_model_references_parse() -> None:
             parse_ref(bad)
 
 
-def test_predict_files_and_label_studio_import(tmp_path: Path, predictor: Predictor) -> None:
+def test_predict_files_and_label_studio_import(tmp_path: Path, classifier: Predictor) -> None:
+    predictor = classifier
     paths = []
     for i, blob in enumerate((png(seed=1), b"broken", jpeg(seed=2))):
         paths.append(tmp_path / f"im{i}.img")

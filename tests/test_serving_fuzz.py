@@ -1,7 +1,7 @@
-"""Bad input never makes the inference service fail: hundreds of malformed requests (random
-bytes, broken JSON, wrong types and shapes, truncated and bit-flipped images, oversized bodies,
-wrong content types, odd paths and methods) all get a 4xx answer in the `{"error": ...}` shape,
-and the service is still ready and answering correctly afterwards."""
+"""Bad input never makes the inference service (serving a detector) fail: hundreds of malformed
+requests (random bytes, broken JSON, wrong types and shapes, truncated and bit-flipped images,
+oversized bodies, wrong content types, odd paths and methods) all get a 4xx answer in the
+`{"error": ...}` shape, and the service is still ready and answering correctly afterwards."""
 
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serving_helpers import export_detector
 
 from pixelpipe.imaging.decode import encode_jpeg
 from pixelpipe.serving.app import create_app
-from pixelpipe.training.mlflow_model import PreprocessSpec, export_model, load_predictor
-from pixelpipe.training.model import build_model
+from pixelpipe.training.mlflow_model import load_predictor
 
-MODEL = "fuzz-classifier"
+MODEL = "fuzz-detector"
 INFER = f"/v2/models/{MODEL}/infer"
 SIZE = 16
 MAX_BODY = 64 * 1024
@@ -34,13 +34,9 @@ Request = dict[str, Any]  # keyword arguments of TestClient.request, plus method
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    import torch
-
-    torch.manual_seed(0)
     out: Path = tmp_path_factory.mktemp("model")
-    spec = PreprocessSpec(SIZE, SIZE, "fit", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), ("a", "b"))
-    export_model(build_model("tiny", 2), spec, out)
-    app = create_app(load_predictor(out), MODEL, "1", max_body_bytes=MAX_BODY, max_wait_ms=0.5)
+    predictor = load_predictor(export_detector(out, ("a", "b"), SIZE))
+    app = create_app(predictor, MODEL, "1", max_body_bytes=MAX_BODY, max_wait_ms=0.5)
     # 5xx must come back as responses to be counted, not be raised into the test
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
@@ -246,7 +242,10 @@ def _still_serving(client: TestClient) -> None:
     assert client.get("/v2/health/ready").json() == {"ready": True}
     answer = client.post(INFER, json=valid_body())
     assert answer.status_code == 200
-    assert answer.json()["outputs"][0]["shape"] == [1, 2]
+    scores, labels, detections = answer.json()["outputs"]
+    assert scores["shape"] == [1, 2] and detections["name"] == "detections"
+    boxes = json.loads(detections["data"][0])
+    assert boxes and all(d["label"] in ("a", "b") and len(d["box"]) == 4 for d in boxes)
 
 
 def test_malformed_requests_never_get_a_5xx(client: TestClient) -> None:

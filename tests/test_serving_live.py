@@ -1,13 +1,15 @@
-"""Serving against the real stack: a tiny model logged to MLflow and registered, promoted to
+"""Serving against the real stack: a tiny detector logged to MLflow and registered, promoted to
 'champion' (with clear errors for unknown versions and a missing candidate), served by the
 same `python -m pixelpipe.serving.app --model NAME@champion` entry the CLI uses on a loopback
-port (ready, infer, /predict, /metrics), and a short serving benchmark against
+port (ready, infer, /predict, /metrics), giving the same detections as `mlflow models serve`
+of that version on letterboxed non-square images, and a short serving benchmark against
 `mlflow models serve` that writes a CSV with both targets."""
 
 from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 import secrets
 from collections.abc import Iterator
@@ -17,18 +19,23 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from serving_helpers import MEAN, STD, detector_module, unmatched
 
-from pixelpipe.bench.serve import bench_image, running, start_ours
+from pixelpipe.bench.serve import bench_image, running, start_mlflow, start_ours
 from pixelpipe.settings import Settings
 
 pytestmark = pytest.mark.stack
 LABELS = ("circle", "square", "triangle")
+SIZE = 128
+THRESHOLDS = {"circle": 0.25}
 
 
 def register_tiny_model(settings: Settings, name: str) -> str:
-    """Log an untrained tiny model as the pyfunc training logs, register it as 'candidate'."""
+    """Log an untrained tiny detector as the pyfunc training logs, register it as 'candidate'.
+
+    Its heatmap is spread wider than the prior's, so that scores differ from box to box.
+    """
     import mlflow
-    import torch
     from mlflow.tracking import MlflowClient
 
     from pixelpipe.training.mlflow_model import (
@@ -38,15 +45,16 @@ def register_tiny_model(settings: Settings, name: str) -> str:
         register_candidate,
         tracking_uri,
     )
-    from pixelpipe.training.model import build_model
 
-    torch.manual_seed(0)
     uri = settings.mlflow_tracking_uri
-    spec = PreprocessSpec(48, 48, "fit", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), LABELS)
+    spec = PreprocessSpec(
+        SIZE, SIZE, "letterbox", MEAN, STD, LABELS, 0.5, "detection", dict(THRESHOLDS)
+    )
+    model = detector_module(len(LABELS), spread=10.0)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     with tracking_uri(uri):
         with mlflow.start_run(experiment_id=experiment_id(client, settings.mlflow_experiment)):
-            info = log_pyfunc_model(build_model("tiny", len(LABELS)), spec, bench_image(64, 48))
+            info = log_pyfunc_model(model, spec, bench_image(64, 48))
         return register_candidate(client, info.model_uri, name)
 
 
@@ -102,6 +110,8 @@ def test_served_model_answers_oip_predict_and_metrics(
         assert http.get("/v2/health/ready").json() == {"ready": True}
         meta = http.get(f"/v2/models/{name}").json()
         assert meta["versions"] == [champion] and meta["parameters"]["labels"] == list(LABELS)
+        assert meta["parameters"]["task"] == "detection"
+        assert meta["parameters"]["thresholds"] == THRESHOLDS
         image = bench_image(120, 90, seed=3)
         tensor = {"name": "image", "datatype": "BYTES", "shape": [1]}
         body = {"inputs": [{**tensor, "data": [base64.b64encode(image).decode("ascii")]}]}
@@ -115,6 +125,9 @@ def test_served_model_answers_oip_predict_and_metrics(
         assert predict.json()["version"] == champion
         assert list(predict.json()["scores"].values()) == outputs["scores"]["data"]
         assert json.loads(outputs["labels"]["data"][0]) == predict.json()["labels"]
+        found = predict.json()["detections"]
+        assert found and json.loads(outputs["detections"]["data"][0]) == found
+        assert all(d["box"][0] + d["box"][2] <= 120.01 for d in found)  # source pixels
         assert http.get("/v2/models/other").status_code == 404
         metrics = http.get("/metrics").text
     found = {
@@ -128,6 +141,48 @@ def test_served_model_answers_oip_predict_and_metrics(
     assert found[("http_requests_total", predicted)] == 1
     model = ("model", name), ("version", champion)
     assert found[("nv_inference_count_total", model)] == 2
+
+
+def png_photo(width: int, height: int, seed: int) -> bytes:
+    """bench_image's photo-like picture as a PNG: both servers decode it the same way (our
+    service decodes plain JPEGs at DCT scale, as stage 2 does, so its pixels differ a little)."""
+    from PIL import Image
+
+    from pixelpipe.training.loaders import decode_image
+
+    buf = io.BytesIO()
+    Image.fromarray(decode_image(bench_image(width, height, seed))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_pyfunc_and_service_give_the_same_detections(
+    settings: Settings, champion: str, service: str, tmp_path: Path
+) -> None:
+    name = settings.registered_model_name
+    images = [png_photo(640, 480, 5), png_photo(300, 500, 6)]  # letterboxed: bars top, sides
+    data = [base64.b64encode(image).decode("ascii") for image in images]
+    mlflow_server = start_mlflow(settings, f"models:/{name}@champion", tmp_path)
+    with running(mlflow_server), httpx.Client(timeout=60) as http:
+        frame = {"dataframe_split": {"columns": ["image"], "data": [[d] for d in data]}}
+        pyfunc = http.post(f"{mlflow_server.base_url}/invocations", json=frame)
+        tensor = {"name": "image", "datatype": "BYTES", "shape": [len(data)], "data": data}
+        ours = http.post(f"{service}/v2/models/{name}/infer", json={"inputs": [tensor]})
+        predict = http.post(f"{service}/predict", files={"file": ("a.png", images[0])})
+    assert pyfunc.status_code == 200, pyfunc.text
+    assert ours.status_code == 200, ours.text
+    rows = pyfunc.json()["predictions"]
+    outputs = {o["name"]: o for o in ours.json()["outputs"]}
+    found = [json.loads(text) for text in outputs["detections"]["data"]]
+    labels = [json.loads(text) for text in outputs["labels"]["data"]]
+    for i, (row, (width, height)) in enumerate(zip(rows, [(640, 480), (300, 500)], strict=True)):
+        expected = json.loads(row["detections"])
+        assert expected and unmatched(expected, found[i]) == [], f"image {i}"
+        assert all(d["box"][0] + d["box"][2] <= width + 0.01 for d in found[i])
+        assert all(d["box"][1] + d["box"][3] <= height + 0.01 for d in found[i])
+        assert set(row["labels"]) == set(labels[i]), f"image {i}"
+        scores = outputs["scores"]["data"][i * len(LABELS) : (i + 1) * len(LABELS)]
+        assert scores == pytest.approx([row[label] for label in LABELS], abs=1e-3)
+    assert unmatched(json.loads(rows[0]["detections"]), predict.json()["detections"]) == []
 
 
 def test_serving_benchmark_measures_both_servers(

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pixelpipe.imaging.geometry import Geometry, plan
 from pixelpipe.imaging.variants import Variant
@@ -21,7 +22,7 @@ def input_geometry(src_width: int, src_height: int, spec: Any) -> Geometry:
 
 
 def to_source(
-    raw: np.ndarray,
+    raw: npt.NDArray[Any],
     geom: Geometry,
     labels: Sequence[str],
     floor: float = SCORE_FLOOR,

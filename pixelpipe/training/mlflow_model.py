@@ -103,7 +103,10 @@ class Predictor:
             rgb = decode_image(blob)
             geoms.append(input_geometry(rgb.shape[1], rgb.shape[0], s))
             arrays.append(to_input_size(rgb, s.input_width, s.input_height, s.mode))
-        batch = normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), s.mean, s.std)
+        # NCHW-contiguous: an exported detector flattens its heatmap with view(), which fails
+        # on the channels-last strides a bare permute gives
+        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        batch = normalize(pixels, s.mean, s.std)
         with torch.inference_mode():
             out = self.module(batch.to(self.device)).float().cpu()
         return out, geoms
