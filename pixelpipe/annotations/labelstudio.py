@@ -145,7 +145,7 @@ def _data_key_of(tasks: Tasks) -> str:
             return "image"
         for key, value in data.items():
             if isinstance(value, str):
-                return key
+                return str(key)
     return "image"
 
 
@@ -153,7 +153,7 @@ def _results(task: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [r for ann in task.get("annotations", []) for r in ann.get("result", [])]
 
 
-def _unrotate_value(value: Mapping[str, Any], width: float, height: float) -> dict | None:
+def _unrotate_value(value: Mapping[str, Any], width: float, height: float) -> dict[str, Any] | None:
     """LS percent value with rotation replaced by its clipped pixel-space envelope."""
     px = (value["x"] * width / 100, value["y"] * height / 100)
     size = (value["width"] * width / 100, value["height"] * height / 100)
@@ -194,7 +194,8 @@ def _pick_annotation(task: Mapping[str, Any]) -> Mapping[str, Any] | None:
         enumerate(live),
         key=lambda p: (bool(p[1].get("ground_truth")), str(p[1].get("created_at") or ""), p[0]),
     )
-    return ranked[-1][1]
+    picked: Mapping[str, Any] = ranked[-1][1]
+    return picked
 
 
 def _task_size(annotation: Mapping[str, Any] | None) -> tuple[int, int] | None:
@@ -207,7 +208,7 @@ def _task_size(annotation: Mapping[str, Any] | None) -> tuple[int, int] | None:
 
 def _filter_result(
     result: Mapping[str, Any], info: _ConfigInfo, skipped: Counter[str]
-) -> dict | None:
+) -> dict[str, Any] | None:
     kind = result.get("type") or "unknown"
     if kind != RECT_TYPE:
         skipped[kind] += 1
@@ -236,7 +237,7 @@ def _filter_result(
 
 def _filtered_task(
     index: int, task: Mapping[str, Any], info: _ConfigInfo, skipped: Counter[str]
-) -> dict:
+) -> dict[str, Any]:
     annotation = _pick_annotation(task)
     kept = []
     if annotation is not None:
@@ -254,17 +255,22 @@ def _filtered_task(
     return out
 
 
-def _run_sdk_export(filtered: list[dict], config: str) -> dict[str, Any]:
+def _run_sdk_export(filtered: list[dict[str, Any]], config: str) -> dict[str, Any]:
     # Imported here: the SDK takes over a second to import and datagen workers never need it.
     from label_studio_sdk.converter import Converter
 
     with tempfile.TemporaryDirectory(prefix="pixelpipe-ls2coco-") as tmp:
         src = Path(tmp) / "export.json"
         src.write_text(json.dumps(filtered), encoding="utf-8")
-        converter = Converter(config=config, project_dir=tmp, download_resources=False)
+        converter = Converter(  # type: ignore[no-untyped-call]
+            config=config, project_dir=tmp, download_resources=False
+        )
         with quiet_sdk():
-            converter.convert(str(src), str(Path(tmp) / "out"), "COCO", is_dir=False)
-        return json.loads((Path(tmp) / "out" / "result.json").read_text(encoding="utf-8"))
+            converter.convert(  # type: ignore[no-untyped-call]
+                str(src), str(Path(tmp) / "out"), "COCO", is_dir=False
+            )
+        doc: dict[str, Any] = json.loads((Path(tmp) / "out" / "result.json").read_text("utf-8"))
+        return doc
 
 
 @contextlib.contextmanager
@@ -316,7 +322,7 @@ def ls_to_coco(
     info = _parse_config(config)
     skipped: Counter[str] = Counter()
     refs: list[str | None] = []
-    filtered: list[dict] = []
+    filtered: list[dict[str, Any]] = []
     for index, task in enumerate(tasks):
         ref = task.get("data", {}).get(info.data_key)
         refs.append(ref if isinstance(ref, str) else None)
@@ -354,8 +360,8 @@ def _postprocess(
     cats = categories(category_order(info.label_names, used))
     cat_id = {c["name"]: c["id"] for c in cats}
 
-    images: list[dict] = []
-    anns: list[dict] = []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     boxes_by_ref: dict[str, list[Box]] = {}
     unsized: list[str] = []
     for index, ref in enumerate(refs):

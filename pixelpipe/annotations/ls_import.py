@@ -60,7 +60,7 @@ def coco_to_ls(
 
 def _run_sdk_import(
     slim: Mapping[str, Any], to_name: str, from_name: str
-) -> tuple[list[dict], str]:
+) -> tuple[list[dict[str, Any]], str]:
     if not slim["images"]:
         return [], rectangle_config([c["name"] for c in slim["categories"]], from_name, to_name)
     from label_studio_sdk.converter.imports.coco import convert_coco_to_ls
@@ -69,7 +69,7 @@ def _run_sdk_import(
         src, out = Path(tmp) / "coco.json", Path(tmp) / "tasks.json"
         src.write_text(json.dumps(slim), encoding="utf-8")
         with quiet_sdk():
-            convert_coco_to_ls(
+            convert_coco_to_ls(  # type: ignore[no-untyped-call]
                 str(src), str(out), to_name=to_name, from_name=from_name, out_type="predictions"
             )
         config = (Path(tmp) / "tasks.label_config.xml").read_text(encoding="utf-8")
