@@ -179,7 +179,7 @@ def ls_choices_import(
 
     The control is `<Choices name="class" toName="image" choice="multiple">` as
     `rectangle_config(..., choices_name="class")` and `coco_to_ls` write it. Each task's
-    `predictions[0].result` holds one `choices` result with the labels over the threshold
+    `predictions[0].result` holds one `choices` result with the labels over their thresholds
     (an empty result when no label passes); records with an `error` are skipped.
     `image_url(path)` maps a record's path to the URL Label Studio loads.
     """
