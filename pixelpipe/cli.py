@@ -566,7 +566,7 @@ def coco_to_ls_cmd(
 ) -> None:
     """COCO -> Label Studio import (boxes as predictions) + a label config with RectangleLabels
     and an image-level Choices control."""
-    from pixelpipe.annotations.labelstudio import coco_to_ls
+    from pixelpipe.annotations.ls_import import coco_to_ls
 
     settings = _settings()
     bucket = bucket or settings.normalized_bucket

@@ -168,16 +168,20 @@ class AnnotationManifest(_Manifest):
     items: list[dict[str, Any]] = []
 
 
+PredictionFormat = Literal["pixelpipe_predictions", "coco_results", "coco", "label_studio_json"]
+
+
 class PredictionArtifact(_Model):
-    """A predictions file: pixelpipe's JSON or a Label Studio import with pre-annotations."""
+    """A predictions file: pixelpipe's JSON, COCO results with their images, or a Label Studio
+    import with pre-annotations."""
 
     uri: str
-    format: Literal["pixelpipe_predictions", "label_studio_json"]
+    format: PredictionFormat
     images: int
 
 
 class PredictionManifest(_Manifest):
-    """batch_predictions manifest: which model scored which variant of a batch, and where."""
+    """batch_predictions manifest: which model scored a batch's raw images, and where it wrote."""
 
     stage: Literal["predict"] = "predict"
     artifacts: list[PredictionArtifact]

@@ -20,12 +20,12 @@ from pixelpipe.annotations.coco import (
     validate_coco,
 )
 from pixelpipe.annotations.labelstudio import (
-    coco_to_ls,
     config_label_names,
     label_config_from_export,
     ls_to_coco,
     rectangle_config,
 )
+from pixelpipe.annotations.ls_import import coco_to_ls
 from pixelpipe.annotations.refs import RefError, RefIndex, resolve_ref
 from pixelpipe.datagen import CLASSES, generate
 

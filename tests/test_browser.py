@@ -84,22 +84,22 @@ def ui_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def train_and_predict(settings: Settings, instance: dg.DagsterInstance, partition: str) -> str:
-    """trained_model through its job, promote the candidate, batch_predictions for the batch."""
-    from pixelpipe.assets.predictions import batch_predictions
-    from pixelpipe.definitions import build_definitions, resources_for
+    """trained_model through its job, promote the candidate, batch_predictions for the batch
+    (through the definitions' asset job: it stages the batch's raw images as its input)."""
+    from pixelpipe.definitions import build_definitions
     from pixelpipe.serving.registry import promote
 
-    job = build_definitions(settings).resolve_job_def("training_job")
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def("training_job")
     trained = job.execute_in_process(
         instance=instance, run_config={"ops": {"trained_model": {"config": TRAIN_CONFIG}}}
     )
     assert trained.success
     version = promote(MlflowClient(settings.mlflow_tracking_uri), settings.registered_model_name)
-    predicted = dg.materialize(
-        [batch_predictions],
+    predicted = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        asset_selection=[dg.AssetKey("batch_predictions")],
         partition_key=partition,
         instance=instance,
-        resources=resources_for(settings),
     )
     assert predicted.success
     return version

@@ -1,12 +1,14 @@
 """The human-in-the-loop cycle with a real Label Studio 1.23 server (its own venv, started here on
-loopback): a project with our label config; a predictions file imported through its API, the
-images reachable as presigned URLs of the test stack's SeaweedFS; the predictions on the tasks
-as Label Studio parsed them; each one accepted in Label Studio's own labeling page (chromium:
-the image loads, the predicted regions are listed, Submit); the project exported in Label
-Studio's JSON format under ANNOTATIONS_PREFIX; and raw_annotations / coco_annotations taking
-that export with the boxes that were predicted (within 0.5 px). Every file in the cycle is
-written by the real tool: no fakes. (SeaweedFS answers CORS for any origin; a real bucket needs
-a CORS rule for Label Studio's origin.)"""
+loopback): a project with our label config; the Label Studio import that batch_predictions wrote
+for the batch (a tiny detector's boxes on the raw images, RectangleLabels pre-annotations over
+their class thresholds, s3://RAW_BUCKET references) imported through its API, the images
+reachable as presigned URLs of the test stack's SeaweedFS; the predictions on the tasks as Label
+Studio parsed them; each one accepted in Label Studio's own labeling page (chromium: the image
+loads, the predicted regions are listed, Submit); the project exported in Label Studio's JSON
+format under ANNOTATIONS_PREFIX; and raw_annotations / coco_annotations taking that export with
+the boxes that were predicted (within 0.5 px), in raw pixels and projected into every variant.
+Every file in the cycle is written by the real tool: no fakes. (SeaweedFS answers CORS for any
+origin; a real bucket needs a CORS rule for Label Studio's origin.)"""
 
 import json
 import secrets
@@ -18,16 +20,19 @@ from typing import Any
 
 import pytest
 from browser_helpers import chromium, screenshot
-from typer.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from test_batch_predictions import register_tiny_detector, run_batch_predictions
 
 from pixelpipe import manifests as mf
+from pixelpipe.annotations.project import variant_coco
 from pixelpipe.annotations.refs import ref_path
-from pixelpipe.cli import app
 from pixelpipe.datagen import generate
 from pixelpipe.devstack.label_studio import LabelStudioClient, LabelStudioInfo, LabelStudioServer
 from pixelpipe.imaging.boxes import Box
 from pixelpipe.imaging.preview import coco_boxes
-from pixelpipe.pipeline import poll
+from pixelpipe.pipeline import instance_for, poll
+from pixelpipe.serving.predictions import threshold_of
+from pixelpipe.serving.registry import promote
 from pixelpipe.settings import Settings
 from pixelpipe.uploads import upload_dataset
 
@@ -57,6 +62,7 @@ class Predictions:
     tasks: list[dict[str, Any]]
     raw_boxes: dict[str, list[Box]]  # raw key -> predicted boxes, raw pixels
     variant_boxes: dict[str, dict[str, list[Box]]]  # variant -> normalized key -> boxes
+    model_version: str
 
 
 def _latest_annotation_manifest(s3: Any, settings: Settings, asset: str) -> dict[str, Any]:
@@ -100,21 +106,38 @@ def ingested(settings: Settings, s3: Any, tmp_path_factory: pytest.TempPathFacto
     )
 
 
-def coco_predictions(ingested: Ingested, work: Path) -> Predictions:
-    """`pixelpipe convert coco-to-ls` on the pipeline's own raw COCO: its boxes as predictions."""
-    (work / "coco.json").write_text(json.dumps(ingested.raw_coco))
-    bucket = ingested.settings.raw_bucket
-    args = ["convert", "coco-to-ls", str(work / "coco.json"), str(work / "ls.json")]
-    result = CliRunner().invoke(app, [*args, "--bucket", bucket])
-    assert result.exit_code == 0, result.output
-    variant_boxes = {v: _boxes_by_file(doc) for v, doc in ingested.variant_coco.items()}
-    return Predictions(
-        json.loads((work / "ls.json").read_text()), _boxes_by_file(ingested.raw_coco), variant_boxes
-    )
-
-
-# batch_predictions' Label Studio import (with boxes) replaces this once the detector writes it
-PREDICTIONS = coco_predictions
+def detector_predictions(ingested: Ingested, s3: Any) -> Predictions:
+    """batch_predictions' Label Studio import for the batch, from a tiny detector as champion;
+    what the pipeline must make of it: its boxes over threshold, and their variant projections."""
+    settings = ingested.settings
+    name = f"{settings.registered_model_name}-ls"
+    scoped = settings.model_copy(update={"registered_model_name": name})
+    register_tiny_detector(scoped, name)
+    promote(MlflowClient(settings.mlflow_tracking_uri), name)
+    meta = run_batch_predictions(scoped, instance_for(settings), ingested.partition)
+    doc = mf.read_json(s3, meta["predictions_uri"])
+    raw_boxes: dict[str, list[Box]] = {}
+    for record in doc["predictions"]:
+        raw_boxes[record["path"]] = [
+            Box(label=d["label"], x=d["box"][0], y=d["box"][1], w=d["box"][2], h=d["box"][3])
+            for d in record["detections"]
+            if d["score"] > threshold_of(doc, d["label"])
+        ]
+    assert all(raw_boxes.values()), "every image needs a box to accept"
+    uri = mf.latest_manifest_uri(s3, settings.normalized_bucket, "normalized_images",
+                                 ingested.partition)  # fmt: skip
+    stage2 = mf.read_json(s3, uri or "")
+    stage1 = mf.read_json(s3, stage2["config"]["upstream"])
+    stage1_by_uri = {i["output_uri"]: i for i in stage1["items"]}
+    variant_boxes = {}
+    for variant in ingested.variant_coco:
+        items = [i for i in stage2["items"] if i["variant_name"] == variant]
+        projected, _ = variant_coco(
+            items, stage1_by_uri, raw_boxes, ingested.raw_coco["categories"]
+        )
+        variant_boxes[variant] = _boxes_by_file(projected)
+    tasks = mf.read_json(s3, meta["label_studio_import_uri"])
+    return Predictions(tasks, raw_boxes, variant_boxes, f"{name}/{meta['model_version']}")
 
 
 @dataclass
@@ -158,10 +181,9 @@ def project(
     label_studio: LabelStudioServer,
     ingested: Ingested,
     s3: Any,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Project]:
     """A project with our label config and the predictions imported through the API."""
-    predictions = PREDICTIONS(ingested, tmp_path_factory.mktemp("predictions"))
+    predictions = detector_predictions(ingested, s3)
     info = label_studio.ready()
     client = LabelStudioClient(info.url, info.token)
     created = client.create_project(f"pixelpipe {ingested.partition}", ingested.label_config)
@@ -201,7 +223,8 @@ def test_imported_predictions_are_on_the_tasks_as_label_studio_parsed_them(
     assert sorted(_key_of(t) for t in tasks) == sorted(expected)
     for task in tasks:
         (prediction,) = task["predictions"]
-        assert prediction["model_version"] == "pixelpipe" and task["annotations"] == []
+        assert prediction["model_version"] == project.predictions.model_version
+        assert task["annotations"] == []
         regions = prediction["result"]
         assert {(r["type"], r["from_name"], r["to_name"]) for r in regions} == {
             ("rectanglelabels", "label", "image")

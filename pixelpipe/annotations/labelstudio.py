@@ -1,4 +1,4 @@
-"""Label Studio exports to COCO and COCO to Label Studio imports, through the SDK converters."""
+"""Label Studio exports to COCO through the SDK converter, and the label configs both sides use."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import re
 import tempfile
 import xml.etree.ElementTree as ET
@@ -25,7 +24,7 @@ from pixelpipe.annotations.coco import (
     validate_coco,
 )
 from pixelpipe.annotations.refs import RefError, ref_path
-from pixelpipe.imaging.boxes import Box, clip_boxes
+from pixelpipe.imaging.boxes import Box, clip_boxes, rotated_envelope
 
 RECT_TYPE = "rectanglelabels"
 TOKEN_PREFIX = "pixelpipe-task-"
@@ -75,18 +74,20 @@ def rectangle_config(
     for label in dict.fromkeys(labels):
         ET.SubElement(rect, "Label", value=label)
     if choices_name:
-        view.append(_choices_element(labels, choices_name, to_name))
-    return _xml(view)
+        view.append(choices_element(labels, choices_name, to_name))
+    return xml_text(view)
 
 
-def _choices_element(labels: Sequence[str], name: str, to_name: str) -> ET.Element:
+def choices_element(labels: Sequence[str], name: str, to_name: str) -> ET.Element:
+    """An image-level multiple-choice Choices control with one Choice per label."""
     choices = ET.Element("Choices", name=name, toName=to_name, choice="multiple", showInline="true")
     for label in dict.fromkeys(labels):
         ET.SubElement(choices, "Choice", value=label)
     return choices
 
 
-def _xml(root: ET.Element) -> str:
+def xml_text(root: ET.Element) -> str:
+    """An element as indented XML text ending in a newline."""
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
 
@@ -134,7 +135,7 @@ def label_config_from_export(tasks: Tasks) -> str:
         rect = ET.SubElement(view, "RectangleLabels", name=from_name, toName=to_name)
         for label in sorted(labels):
             ET.SubElement(rect, "Label", value=label)
-    return _xml(view)
+    return xml_text(view)
 
 
 def _data_key_of(tasks: Tasks) -> str:
@@ -144,7 +145,7 @@ def _data_key_of(tasks: Tasks) -> str:
             return "image"
         for key, value in data.items():
             if isinstance(value, str):
-                return key
+                return str(key)
     return "image"
 
 
@@ -152,21 +153,7 @@ def _results(task: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [r for ann in task.get("annotations", []) for r in ann.get("result", [])]
 
 
-# ---------------------------------------------------------------- rotation
-
-
-def rotated_envelope(
-    x: float, y: float, w: float, h: float, degrees: float
-) -> tuple[float, float, float, float]:
-    """Axis-aligned envelope (x, y, w, h) of a box rotated clockwise about its top-left (x, y)."""
-    rad = math.radians(degrees)
-    cos, sin = math.cos(rad), math.sin(rad)
-    xs = [x, x + w * cos, x - h * sin, x + w * cos - h * sin]
-    ys = [y, y + w * sin, y + h * cos, y + w * sin + h * cos]
-    return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
-
-
-def _unrotate_value(value: Mapping[str, Any], width: float, height: float) -> dict | None:
+def _unrotate_value(value: Mapping[str, Any], width: float, height: float) -> dict[str, Any] | None:
     """LS percent value with rotation replaced by its clipped pixel-space envelope."""
     px = (value["x"] * width / 100, value["y"] * height / 100)
     size = (value["width"] * width / 100, value["height"] * height / 100)
@@ -207,7 +194,8 @@ def _pick_annotation(task: Mapping[str, Any]) -> Mapping[str, Any] | None:
         enumerate(live),
         key=lambda p: (bool(p[1].get("ground_truth")), str(p[1].get("created_at") or ""), p[0]),
     )
-    return ranked[-1][1]
+    picked: Mapping[str, Any] = ranked[-1][1]
+    return picked
 
 
 def _task_size(annotation: Mapping[str, Any] | None) -> tuple[int, int] | None:
@@ -220,7 +208,7 @@ def _task_size(annotation: Mapping[str, Any] | None) -> tuple[int, int] | None:
 
 def _filter_result(
     result: Mapping[str, Any], info: _ConfigInfo, skipped: Counter[str]
-) -> dict | None:
+) -> dict[str, Any] | None:
     kind = result.get("type") or "unknown"
     if kind != RECT_TYPE:
         skipped[kind] += 1
@@ -249,7 +237,7 @@ def _filter_result(
 
 def _filtered_task(
     index: int, task: Mapping[str, Any], info: _ConfigInfo, skipped: Counter[str]
-) -> dict:
+) -> dict[str, Any]:
     annotation = _pick_annotation(task)
     kept = []
     if annotation is not None:
@@ -267,21 +255,26 @@ def _filtered_task(
     return out
 
 
-def _run_sdk_export(filtered: list[dict], config: str) -> dict[str, Any]:
+def _run_sdk_export(filtered: list[dict[str, Any]], config: str) -> dict[str, Any]:
     # Imported here: the SDK takes over a second to import and datagen workers never need it.
     from label_studio_sdk.converter import Converter
 
     with tempfile.TemporaryDirectory(prefix="pixelpipe-ls2coco-") as tmp:
         src = Path(tmp) / "export.json"
         src.write_text(json.dumps(filtered), encoding="utf-8")
-        converter = Converter(config=config, project_dir=tmp, download_resources=False)
-        with _quiet_sdk():
-            converter.convert(str(src), str(Path(tmp) / "out"), "COCO", is_dir=False)
-        return json.loads((Path(tmp) / "out" / "result.json").read_text(encoding="utf-8"))
+        converter = Converter(  # type: ignore[no-untyped-call]
+            config=config, project_dir=tmp, download_resources=False
+        )
+        with quiet_sdk():
+            converter.convert(  # type: ignore[no-untyped-call]
+                str(src), str(Path(tmp) / "out"), "COCO", is_dir=False
+            )
+        doc: dict[str, Any] = json.loads((Path(tmp) / "out" / "result.json").read_text("utf-8"))
+        return doc
 
 
 @contextlib.contextmanager
-def _quiet_sdk() -> Any:
+def quiet_sdk() -> Any:
     """The SDK logs a line per unannotated task and prints import hints to stdout."""
     logger = logging.getLogger("root")
     level = logger.level
@@ -329,7 +322,7 @@ def ls_to_coco(
     info = _parse_config(config)
     skipped: Counter[str] = Counter()
     refs: list[str | None] = []
-    filtered: list[dict] = []
+    filtered: list[dict[str, Any]] = []
     for index, task in enumerate(tasks):
         ref = task.get("data", {}).get(info.data_key)
         refs.append(ref if isinstance(ref, str) else None)
@@ -367,8 +360,8 @@ def _postprocess(
     cats = categories(category_order(info.label_names, used))
     cat_id = {c["name"]: c["id"] for c in cats}
 
-    images: list[dict] = []
-    anns: list[dict] = []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     boxes_by_ref: dict[str, list[Box]] = {}
     unsized: list[str] = []
     for index, ref in enumerate(refs):
@@ -401,112 +394,3 @@ def _token_index(sdk_file_name: str) -> int:
     if match is None:
         raise RuntimeError(f"SDK COCO image {sdk_file_name!r} lost the task token")
     return int(match.group(1))
-
-
-# ---------------------------------------------------------------- COCO -> LS
-
-
-def coco_to_ls(
-    coco: Mapping[str, Any],
-    image_url: Callable[[str], str],
-    from_name: str = "label",
-    to_name: str = "image",
-    model_version: str = "pixelpipe",
-    choices_name: str = "class",
-) -> tuple[list[dict[str, Any]], str]:
-    """Label Studio import tasks with the COCO boxes as predictions, and their label config.
-
-    Each task has `data.image = image_url(file_name)` and one prediction carrying
-    `model_version` and `score` (the mean of the boxes' `score` fields, 1.0 when the boxes
-    carry none, i.e. they are ground truth); per-box scores go on the regions. The config
-    holds the RectangleLabels control and an image-level multiple-choice Choices control
-    named `choices_name` with one Choice per category, for the classifier to fill.
-    """
-    validate_coco(coco)
-    slim = {
-        "images": [
-            {k: im[k] for k in ("id", "file_name", "width", "height")} for im in coco["images"]
-        ],
-        "categories": [{"id": c["id"], "name": c["name"]} for c in coco["categories"]],
-        # Only boxes travel: segmentation or keypoints would make the SDK add other controls.
-        "annotations": [
-            {k: a[k] for k in ("id", "image_id", "category_id", "bbox")}
-            for a in coco["annotations"]
-        ],
-    }
-    sdk_tasks, sdk_config = _run_sdk_import(slim, to_name, from_name)
-    images = sorted(coco["images"], key=lambda im: im["id"])
-    anns_by_image: dict[int, list[Mapping[str, Any]]] = {}
-    for ann in coco["annotations"]:
-        anns_by_image.setdefault(ann["image_id"], []).append(ann)
-    tasks = [
-        _fix_task(task, im, anns_by_image.get(im["id"], []), image_url, from_name, model_version)
-        for task, im in zip(sdk_tasks, images, strict=True)
-    ]
-    return tasks, _fix_config(sdk_config, coco, from_name, to_name, choices_name)
-
-
-def _run_sdk_import(
-    slim: Mapping[str, Any], to_name: str, from_name: str
-) -> tuple[list[dict], str]:
-    if not slim["images"]:
-        return [], rectangle_config([c["name"] for c in slim["categories"]], from_name, to_name)
-    from label_studio_sdk.converter.imports.coco import convert_coco_to_ls
-
-    with tempfile.TemporaryDirectory(prefix="pixelpipe-coco2ls-") as tmp:
-        src, out = Path(tmp) / "coco.json", Path(tmp) / "tasks.json"
-        src.write_text(json.dumps(slim), encoding="utf-8")
-        with _quiet_sdk():
-            convert_coco_to_ls(
-                str(src), str(out), to_name=to_name, from_name=from_name, out_type="predictions"
-            )
-        config = (Path(tmp) / "tasks.label_config.xml").read_text(encoding="utf-8")
-        return json.loads(out.read_text(encoding="utf-8")), config
-
-
-def _fix_task(
-    task: Mapping[str, Any],
-    image: Mapping[str, Any],
-    anns: Sequence[Mapping[str, Any]],
-    image_url: Callable[[str], str],
-    from_name: str,
-    model_version: str,
-) -> dict[str, Any]:
-    prediction = task["predictions"][0]
-    results = []
-    for k, (region, ann) in enumerate(zip(prediction["result"], anns, strict=True)):
-        # The SDK names the control "<from_name>_rectangles"; our config uses from_name itself.
-        # Its region ids are random uuids; ids derived from the COCO ids keep output reproducible.
-        fixed = {**region, "from_name": from_name, "id": f"i{image['id']}r{k}"}
-        if "score" in ann:
-            fixed["score"] = float(ann["score"])
-        results.append(fixed)
-    scores = [float(a["score"]) for a in anns if "score" in a]
-    return {
-        "data": {**task["data"], "image": image_url(image["file_name"])},
-        # LS rejects `ground_truth` on predictions; the SDK writes it anyway.
-        "predictions": [
-            {
-                "model_version": model_version,
-                "score": sum(scores) / len(scores) if scores else 1.0,
-                "result": results,
-            }
-        ],
-    }
-
-
-def _fix_config(
-    sdk_config: str, coco: Mapping[str, Any], from_name: str, to_name: str, choices_name: str
-) -> str:
-    root = ET.fromstring(sdk_config)
-    names = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
-    rects = list(root.iter("RectangleLabels"))
-    if not rects:
-        # Without any annotation the SDK writes no control at all.
-        root = ET.fromstring(rectangle_config(names, from_name, to_name))
-    for rect in rects:
-        # The SDK writes from_name + "_rectangles" and hard-codes toName="image".
-        rect.set("name", from_name)
-        rect.set("toName", to_name)
-    root.append(_choices_element(names, choices_name, to_name))
-    return _xml(root)

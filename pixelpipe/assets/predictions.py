@@ -1,45 +1,65 @@
-"""Stage 4 (batch): the champion model over a stage-2 batch -> predictions + Label Studio import."""
+"""Stage 4 (batch): the champion model over a batch's raw images -> predictions, COCO results
+and a Label Studio import whose references raw_annotations resolves when the work comes back."""
 
 import json
 import time
+from typing import Any
 
 import dagster as dg
 
 from pixelpipe import manifests as mf
 from pixelpipe.assets.partitions import raw_batches_partitions
-from pixelpipe.assets.stage2 import normalized_images
 from pixelpipe.assets.training import trained_model
-from pixelpipe.io_managers.staging import cleanup_run
+from pixelpipe.io_managers.staging import StagedBatch, cleanup_run
 from pixelpipe.resources.mlflow import MlflowResource
 from pixelpipe.resources.s3 import S3Resource
 from pixelpipe.settings import get_settings
-from pixelpipe.storage.keys import key_to_path
-from pixelpipe.storage.transfer import download_many
+from pixelpipe.storage.layout import batch_listing_key
+
+PREDICTIONS_PREFIX = "predictions"
 
 
 class BatchPredictionsConfig(dg.Config):
-    """Which model alias and which variant of the batch to score."""
+    """Which model alias scores the batch."""
 
     alias: str = "champion"
-    variant: str | None = None  # default: the first NORMALIZE_SIZES variant
+
+
+def _put(client: Any, bucket: str, key: str, body: Any) -> str:
+    client.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=json.dumps(body, indent=1).encode(),
+        ContentType="application/json",
+    )
+    return f"s3://{bucket}/{key}"
 
 
 @dg.asset(
     partitions_def=raw_batches_partitions,
-    deps=[normalized_images, trained_model],
+    deps=[trained_model],
     group_name="inference",
-    kinds={"pytorch", "labelstudio"},
+    kinds={"pytorch", "labelstudio", "coco"},
 )
 def batch_predictions(
     context: dg.AssetExecutionContext,
     config: BatchPredictionsConfig,
+    raw_image_batches: StagedBatch,
     s3: S3Resource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """Labels with scores for every image of a batch's variant, and a Label Studio import file
-    whose <Choices> pre-annotations a human reviews (the human-in-the-loop path)."""
+    """The model's predictions for a batch's raw images (boxes in raw pixels for a detector),
+    as COCO results and as a Label Studio import of pre-annotations for a human to review.
+
+    Raw images, not a normalized variant: the import's `s3://RAW_BUCKET/<key>` references are
+    what raw_annotations resolves, so the accepted boxes come back through the pipeline."""
+    from pixelpipe.serving.prediction_files import (
+        coco_images,
+        coco_results,
+        ls_import,
+        over_threshold_count,
+    )
     from pixelpipe.serving.predictions import (
-        ls_choices_import,
         predict_files,
         predictions_document,
         validate_predictions,
@@ -49,64 +69,43 @@ def batch_predictions(
 
     settings = get_settings()
     client = s3.client()
+    batch = raw_image_batches
     partition = context.partition_key
-    variant = config.variant or settings.variants[0].name
-    stage2_uri = mf.latest_manifest_uri(
-        client, settings.normalized_bucket, "normalized_images", partition
-    )
-    if stage2_uri is None:
-        raise FileNotFoundError(f"no normalized_images manifest for {partition}")
-    items = [i for i in mf.read_json(client, stage2_uri)["items"] if i["variant_name"] == variant]
     version = resolve(mlflow.client(), mlflow.registered_model_name, config.alias)
     predictor = load_predictor(download(version, tracking_uri=mlflow.tracking_uri))
-    root = settings.nvme_root.resolve() / "input" / context.run.run_id / "batch_predictions"
-    keys = [mf.split_uri(i["output_uri"])[1] for i in items]
-    wanted = [(k, str(key_to_path(root, k))) for k in keys]
     started = time.perf_counter()
-    report = download_many(
-        lambda: client, settings.normalized_bucket, wanted, settings.s3_max_concurrency
-    )
-    stage_in = time.perf_counter() - started
-    started = time.perf_counter()
-    records = predict_files(predictor, [p for _, p in wanted])
+    records = predict_files(predictor, [str(f.local_path) for f in batch.files])
     compute = time.perf_counter() - started
-    by_path = {p: k for k, p in wanted}
+    key_of = {str(f.local_path): f.source_key for f in batch.files}
     for record in records:
-        record["path"] = by_path[record["path"]]  # object keys, not local paths
+        record["path"] = key_of[record["path"]]  # raw object keys, not local paths
     doc = predictions_document(records, predictor, mlflow.registered_model_name, version.version)
     validate_predictions(doc)
-    bucket = settings.normalized_bucket
-    tasks = ls_choices_import(
-        records,
-        lambda key: f"s3://{bucket}/{key}",
-        f"{mlflow.registered_model_name}/{version.version}",
-    )
-    base = f"predictions/{variant}/{partition}"
-    artifacts = []
-    for name, body, fmt in (
-        ("predictions.json", doc, "pixelpipe_predictions"),
-        ("label_studio_import.json", tasks, "label_studio_json"),
-    ):
-        key = f"{base}/{name}"
-        client.put_object(
-            Bucket=settings.artifacts_bucket,
-            Key=key,
-            Body=json.dumps(body, indent=1).encode(),
-            ContentType="application/json",
-        )
-        artifacts.append(
-            mf.PredictionArtifact(
-                uri=f"s3://{settings.artifacts_bucket}/{key}", format=fmt, images=len(records)
-            )
-        )
-    failures = [
-        mf.Failure(source_uri=f"s3://{bucket}/{f.key}", reason=f.reason) for f in report.failures
+    raw = settings.raw_bucket
+    outputs: list[tuple[str, Any, mf.PredictionFormat]] = [
+        ("predictions.json", doc, "pixelpipe_predictions")
     ]
-    failures += [
-        mf.Failure(source_uri=f"s3://{bucket}/{r['path']}", reason=r["error"])
+    if predictor.is_detector:
+        outputs += [
+            ("coco_results.json", coco_results(doc), "coco_results"),
+            ("coco_images.json", coco_images(doc), "coco"),
+        ]
+    tasks = ls_import(doc, lambda key: f"s3://{raw}/{key}")
+    outputs.append(("label_studio_import.json", tasks, "label_studio_json"))
+    artifacts = [
+        mf.PredictionArtifact(
+            uri=_put(client, settings.artifacts_bucket, f"{PREDICTIONS_PREFIX}/{partition}/{n}", b),
+            format=fmt,
+            images=len(records),
+        )
+        for n, b, fmt in outputs
+    ]
+    failures = list(batch.failures) + [
+        mf.Failure(source_uri=f"s3://{raw}/{r['path']}", reason=r["error"])
         for r in records
         if r.get("error")
     ]
+    scored = len(records) - sum(1 for r in records if r.get("error"))
     manifest = mf.PredictionManifest(
         asset="batch_predictions",
         run_id=context.run.run_id,
@@ -116,16 +115,17 @@ def batch_predictions(
             "model": mlflow.registered_model_name,
             "version": str(version.version),
             "alias": config.alias,
-            "variant": variant,
-            "stage2_manifest": stage2_uri,
+            "task": doc["task"],
+            "listing": f"s3://{settings.artifacts_bucket}/{batch_listing_key(partition)}",
         },
         artifacts=artifacts,
         failures=failures,
         stats=mf.StageStats(
-            inputs=len(items),
-            outputs=len(records) - len(failures),
+            inputs=len(batch.files) + len(batch.failures),
+            outputs=scored,
             failures=len(failures),
-            seconds_stage_in=stage_in,
+            bytes_in=batch.stage_in_bytes,
+            seconds_stage_in=batch.stage_in_seconds,
             seconds_compute=compute,
             images_per_second=len(records) / compute if compute else 0.0,
         ),
@@ -133,18 +133,27 @@ def batch_predictions(
     uri, _ = mf.write_manifest(client, settings.artifacts_bucket, manifest, conditional=False)
     if not settings.nvme_keep:
         cleanup_run(settings.nvme_root.resolve(), context.run.run_id)
+    for failure in failures:
+        context.log.warning(f"failed {failure.source_uri}: {failure.reason}")
     counts: dict[str, int] = {}
     for record in records:
         for label in record["labels"]:
             counts[label] = counts.get(label, 0) + 1
+    uris = {a.format: a.uri for a in artifacts}
     return dg.MaterializeResult(
         metadata={
             "manifest_uri": uri,
-            "predictions_uri": artifacts[0].uri,
-            "label_studio_import_uri": artifacts[1].uri,
+            "predictions_uri": uris["pixelpipe_predictions"],
+            **({"coco_results_uri": uris["coco_results"]} if "coco_results" in uris else {}),
+            **({"coco_images_uri": uris["coco"]} if "coco" in uris else {}),
+            "label_studio_import_uri": uris["label_studio_json"],
             "model_version": str(version.version),
-            "images": len(records),
+            "task": doc["task"],
+            "images": scored,
             "failures": len(failures),
+            "detections": sum(len(r.get("detections") or []) for r in records),
+            "label_studio_boxes": over_threshold_count(doc),
+            "label_studio_tasks": len(tasks),
             "label_counts": dg.MetadataValue.json(counts),
             "images_per_second": round(len(records) / compute, 1) if compute else 0.0,
         }

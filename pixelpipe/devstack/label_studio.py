@@ -38,6 +38,9 @@ STATE_FILE = "label-studio.json"
 ADMIN_EMAIL = "pixelpipe@example.com"  # Label Studio users are e-mail addresses
 DB_NAME = "label_studio.sqlite3"
 _STAMP = f".pixelpipe-label-studio-{LABEL_STUDIO_VERSION}"
+# label-studio leaves sentry-sdk unbounded and its settings pass `send_default_pii`, which
+# sentry-sdk 3 rejects at import time, so the server could not even migrate its database
+SENTRY_PIN = "sentry-sdk<3"
 # no PyPI request at every start, no usage reports
 _QUIET = {"LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false"}
 
@@ -72,7 +75,7 @@ def ensure_installed(venv: Path = DEFAULT_VENV, echo: Callable[[str], None] = pr
         steps += [
             [base, "-m", "venv", str(venv)],
             [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-             "-q", f"label-studio=={LABEL_STUDIO_VERSION}"],
+             "-q", f"label-studio=={LABEL_STUDIO_VERSION}", SENTRY_PIN],
         ]  # fmt: skip
     if not steps and template_db(venv).exists():
         return executable(venv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import TypedDict
 
@@ -52,3 +53,14 @@ def affine_boxes(
             Box(label=b["label"], x=x0, y=y0, w=float(tx.max()) - x0, h=float(ty.max()) - y0)
         )
     return clip_boxes(moved, width, height)
+
+
+def rotated_envelope(
+    x: float, y: float, w: float, h: float, degrees: float
+) -> tuple[float, float, float, float]:
+    """Axis-aligned envelope (x, y, w, h) of a box rotated clockwise about its top-left (x, y)."""
+    rad = math.radians(degrees)
+    cos, sin = math.cos(rad), math.sin(rad)
+    xs = [x, x + w * cos, x - h * sin, x + w * cos - h * sin]
+    ys = [y, y + w * sin, y + h * cos, y + w * sin + h * cos]
+    return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)

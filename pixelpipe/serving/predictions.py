@@ -1,11 +1,11 @@
-"""Offline predictions for a folder of images and their Label Studio import (Choices results)."""
+"""Offline predictions for a folder of images: scores, boxes for detectors, Choices imports."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,36 +14,87 @@ SCHEMA_PATH = (
 )
 
 
+class Detection(BaseModel):
+    """One box the detector found, in the source image's pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    score: float
+    box: list[float] = Field(
+        min_length=4, max_length=4, description="[x, y, width, height] in source pixels"
+    )
+
+
 class PredictionRecord(BaseModel):
-    """One image: every label's score and the labels over the threshold, or why it failed."""
+    """One image: every label's score, the labels over their thresholds (and, from a detector,
+    its boxes and the image's size), or why it failed."""
 
     model_config = ConfigDict(extra="forbid")
 
     path: str
-    scores: dict[str, float] | None = None
+    width: int | None = Field(None, description="source width in pixels (detectors)")
+    height: int | None = Field(None, description="source height in pixels (detectors)")
+    scores: dict[str, float] | None = Field(
+        None, description="image-level score per label (a detector's: its best box score)"
+    )
     labels: list[str] = Field(default_factory=list)
+    detections: list[Detection] | None = Field(
+        None, description="every box over the score floor, best first (detectors)"
+    )
     error: str | None = None
 
 
 class PredictionsDocument(BaseModel):
-    """What batch prediction writes: model, label set and threshold, one record per image."""
+    """What batch prediction writes: model, task, labels and thresholds, one record per image."""
 
     model_config = ConfigDict(extra="forbid")
 
     model_name: str
     model_version: str
+    task: Literal["classification", "detection"]
     labels: list[str]
-    threshold: float
+    threshold: float = Field(description="the fallback for labels without their own threshold")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="per-label thresholds chosen on validation"
+    )
     predictions: list[PredictionRecord]
 
 
-def _record(path: str, labels: Sequence[str], row: Any, threshold: float) -> dict[str, Any]:
-    scores = {label: float(v) for label, v in zip(labels, row, strict=True)}
-    return {
-        "path": path,
-        "scores": scores,
-        "labels": [k for k, v in scores.items() if v > threshold],
-    }
+def _is_detector(predictor: Any) -> bool:
+    return bool(getattr(predictor, "is_detector", False))
+
+
+def _records(predictor: Any, paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Records for one batch of files; raises if any file cannot be read or decoded."""
+    from pixelpipe.serving.detections import label_scores
+
+    labels = list(predictor.spec.labels)
+    blobs = [Path(p).read_bytes() for p in paths]
+    if not _is_detector(predictor):
+        rows = predictor.scores(blobs)
+        out = []
+        for path, row in zip(paths, rows, strict=True):
+            scores = {label: float(v) for label, v in zip(labels, row, strict=True)}
+            out.append({"path": path, "scores": scores, "labels": predictor.over_threshold(scores)})
+        return out
+    from pixelpipe.imaging.decode import image_size
+
+    out = []
+    for path, found in zip(paths, predictor.detect(blobs), strict=True):
+        width, height = image_size(path)  # the upright size the boxes are in
+        scores = label_scores(found, labels)
+        out.append(
+            {
+                "path": path,
+                "width": width,
+                "height": height,
+                "scores": scores,
+                "labels": predictor.over_threshold(scores),
+                "detections": [dict(d) for d in found],
+            }
+        )
+    return out
 
 
 def predict_files(
@@ -51,45 +102,49 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """Score image files in batches; an unreadable file gets `error` instead of scores.
 
-    A batch with a bad image is retried one image at a time, so one broken file costs only
-    itself.
+    A detector's records also carry `detections` ({label, score, box [x, y, w, h]} in the
+    source image's pixels) and the image's `width` and `height`; `labels` are those whose
+    score beats the class's own threshold. A batch with a bad image is retried one image at
+    a time, so one broken file costs only itself.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    labels = list(predictor.spec.labels)
-    threshold = float(predictor.spec.threshold)
     out: list[dict[str, Any]] = []
     for start in range(0, len(paths), batch_size):
         chunk = [str(p) for p in paths[start : start + batch_size]]
         try:
-            rows = predictor.scores([Path(p).read_bytes() for p in chunk])
-            out.extend(
-                _record(p, labels, row, threshold) for p, row in zip(chunk, rows, strict=True)
-            )
+            out.extend(_records(predictor, chunk))
         except Exception:  # find the culprit(s) below, one image at a time
-            out.extend(_predict_one(predictor, p, labels, threshold) for p in chunk)
+            out.extend(_predict_one(predictor, p) for p in chunk)
     return out
 
 
-def _predict_one(predictor: Any, path: str, labels: list[str], threshold: float) -> dict[str, Any]:
+def _predict_one(predictor: Any, path: str) -> dict[str, Any]:
     try:
-        row = predictor.scores([Path(path).read_bytes()])[0]
+        return _records(predictor, [path])[0]
     except Exception as exc:  # a bad image is data, reported per file
         return {"path": path, "scores": None, "labels": [], "error": str(exc) or type(exc).__name__}
-    return _record(path, labels, row, threshold)
 
 
 def predictions_document(
     predictions: Sequence[dict[str, Any]], predictor: Any, model_name: str, model_version: str
 ) -> dict[str, Any]:
     """The JSON document (schemas/serving/predictions.schema.json) for predict_files' output."""
+    spec = predictor.spec
     return {
         "model_name": model_name,
         "model_version": str(model_version),
-        "labels": list(predictor.spec.labels),
-        "threshold": float(predictor.spec.threshold),
+        "task": "detection" if _is_detector(predictor) else "classification",
+        "labels": list(spec.labels),
+        "threshold": float(spec.threshold),
+        "thresholds": {str(k): float(v) for k, v in spec.thresholds.items()},
         "predictions": [dict(p) for p in predictions],
     }
+
+
+def threshold_of(document: Mapping[str, Any], label: str) -> float:
+    """A label's threshold in a predictions document: its own, else the fallback."""
+    return float(document.get("thresholds", {}).get(label, document["threshold"]))
 
 
 def validate_predictions(document: dict[str, Any]) -> None:
@@ -108,8 +163,8 @@ def _task_score(record: dict[str, Any]) -> float:
     scores = record.get("scores") or {}
     chosen = [scores[label] for label in record.get("labels", []) if label in scores]
     if chosen:
-        return sum(chosen) / len(chosen)
-    return 1.0 - max(scores.values(), default=0.0)
+        return float(sum(chosen) / len(chosen))
+    return 1.0 - float(max(scores.values(), default=0.0))
 
 
 def ls_choices_import(
@@ -124,7 +179,7 @@ def ls_choices_import(
 
     The control is `<Choices name="class" toName="image" choice="multiple">` as
     `rectangle_config(..., choices_name="class")` and `coco_to_ls` write it. Each task's
-    `predictions[0].result` holds one `choices` result with the labels over the threshold
+    `predictions[0].result` holds one `choices` result with the labels over their thresholds
     (an empty result when no label passes); records with an `error` are skipped.
     `image_url(path)` maps a record's path to the URL Label Studio loads.
     """
