@@ -35,9 +35,12 @@ def _train(settings: settings_mod.Settings, epochs: int) -> dict[str, Any] | Non
     from pixelpipe.definitions import build_definitions
     from pixelpipe.pipeline import QUIET, instance_for
 
-    typer.echo(f"training a detector on variant {DEMO_VARIANT!r} ({epochs} epochs) via Dagster ...")
+    names = [v.name for v in settings.variants]
+    boxed = [v.name for v in settings.variants if v.mode == "letterbox"]
+    variant = DEMO_VARIANT if DEMO_VARIANT in names else (boxed or names)[0]
+    typer.echo(f"training a detector on variant {variant!r} ({epochs} epochs) via Dagster ...")
     job = build_definitions(settings).resolve_job_def("training_job")
-    config = {"variant": DEMO_VARIANT, "model": "small", "epochs": epochs, "num_workers": 1}
+    config = {"variant": variant, "epochs": epochs, "num_workers": 1}
     result = job.execute_in_process(
         run_config={**QUIET, "ops": {"trained_model": {"config": config}}},
         instance=instance_for(settings),
@@ -162,10 +165,12 @@ def _batch_predictions(settings: settings_mod.Settings, partition: str) -> None:
     )
     for event in result.get_asset_materialization_events():
         meta = event.event_specific_data.materialization.metadata
-        shown = {k: meta[k].value for k in ("images", "label_counts", "boxes") if k in meta}
+        keys = ("images", "failures", "label_counts", "label_studio_boxes")
+        shown = {k: meta[k].value for k in keys if k in meta}
         typer.echo(f"batch_predictions {partition}: {shown}")
-        if "label_studio_import_uri" in meta:
-            typer.echo(f"  Label Studio import {meta['label_studio_import_uri'].value}")
+        for key in ("coco_results_uri", "label_studio_import_uri"):
+            if key in meta:
+                typer.echo(f"  {key.removesuffix('_uri').replace('_', ' ')}: {meta[key].value}")
 
 
 def run_demo(stack_dir: Path, count: int, seed: int = 7, epochs: int | None = None) -> int:

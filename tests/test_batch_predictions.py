@@ -37,19 +37,6 @@ THRESHOLDS = {label: 0.0 for label in CLASSES if label != "cross"}
 MAX_BOXES = 4
 
 
-class ContiguousInput(torch.nn.Module):
-    """Hands the detector a contiguous batch. Predictor._forward passes a permuted (channels-
-    last strided) tensor, which the exported decode's `.view` rejects; drop this wrapper once
-    pixelpipe/training makes the input contiguous (or decode uses reshape)."""
-
-    def __init__(self, inner: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.contiguous())  # type: ignore[no-any-return]
-
-
 def register_tiny_detector(settings: Settings, name: str, k: int = MAX_BOXES) -> str:
     """An untrained tiny detector over datagen's classes, logged and registered as 'candidate'
     the way training does it; at most k boxes per image."""
@@ -71,7 +58,7 @@ def register_tiny_detector(settings: Settings, name: str, k: int = MAX_BOXES) ->
     spec = PreprocessSpec(
         64, 48, "fit", mean, std, CLASSES, 0.5, task="detection", thresholds=THRESHOLDS
     )
-    model = ContiguousInput(DetectorExport(build_detector("tiny", len(CLASSES)), k=k))
+    model = DetectorExport(build_detector("tiny", len(CLASSES)), k=k)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     with tracking_uri(uri):
         with mlflow.start_run(experiment_id=experiment_id(client, settings.mlflow_experiment)):

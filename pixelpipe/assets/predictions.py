@@ -79,6 +79,13 @@ def batch_predictions(
     key_of = {str(f.local_path): f.source_key for f in batch.files}
     for record in records:
         record["path"] = key_of[record["path"]]  # raw object keys, not local paths
+    errors = [r for r in records if r.get("error")]
+    if records and len(errors) == len(records):
+        # every image failing is the model's (or the runtime's) fault, not the data's
+        raise dg.Failure(
+            f"model {mlflow.registered_model_name} version {version.version} failed on all "
+            f"{len(records)} images of {partition}; first error: {errors[0]['error']}"
+        )
     doc = predictions_document(records, predictor, mlflow.registered_model_name, version.version)
     validate_predictions(doc)
     raw = settings.raw_bucket

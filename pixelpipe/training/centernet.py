@@ -13,6 +13,8 @@ from pixelpipe.training.detector import OUTPUT_STRIDE
 GAUSSIAN_ALPHA = 0.54  # sigma = alpha * box side / 6 (TTFNet): wider than CenterNet's radius
 REGRESS_ABOVE = 0.3  # cells whose Gaussian value exceeds this regress the box, weighted by it
 REG_WEIGHT = 1.0
+CROP_WEIGHT = 1.0
+JITTER = 0.15  # training crops: box centre moved and side scaled by up to this fraction
 
 
 def make_targets(
@@ -75,3 +77,44 @@ def detection_loss(
     """Focal heatmap loss + weighted box regression for one batch."""
     c = heat.shape[1]
     return focal_loss(output[:, :c], heat) + REG_WEIGHT * box_loss(output[:, c:], reg, weight)
+
+
+def boxes_from_targets(
+    heat: torch.Tensor, reg: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's true boxes read back from its targets: (N x M x 4 [x, y, w, h] in input
+    pixels, N x M class indices with -1 for padding). Exact: targets store them losslessly."""
+    n = heat.shape[0]
+    found = torch.nonzero(heat == 1.0)  # rows (image, class, y, x)
+    counts = torch.bincount(found[:, 0], minlength=n) if len(found) else torch.zeros(n)
+    m = max(1, int(counts.max())) if len(found) else 1
+    boxes = torch.zeros(n, m, 4, device=heat.device)
+    classes = torch.full((n, m), -1, dtype=torch.long, device=heat.device)
+    slot = torch.zeros(n, dtype=torch.long)
+    for image, cls, y, x in found.tolist():
+        j = int(slot[image])
+        slot[image] += 1
+        lw, lh, ox, oy = reg[image, :, y, x].tolist()
+        w, h = math.exp(lw) * OUTPUT_STRIDE, math.exp(lh) * OUTPUT_STRIDE
+        cx, cy = (x + ox) * OUTPUT_STRIDE, (y + oy) * OUTPUT_STRIDE
+        boxes[image, j] = torch.tensor([cx - w / 2, cy - h / 2, w, h])
+        classes[image, j] = cls
+    return boxes, classes
+
+
+def jitter(boxes: torch.Tensor, amount: float = JITTER) -> torch.Tensor:
+    """Boxes moved and resized a little at random, as proposals are at test time."""
+    side = torch.maximum(boxes[..., 2], boxes[..., 3]).unsqueeze(-1)
+    shift = (torch.rand(boxes.shape[:-1] + (2,), device=boxes.device) * 2 - 1) * amount * side
+    scale = torch.exp((torch.rand(boxes.shape[:-1] + (1,), device=boxes.device) * 2 - 1) * amount)
+    centre = boxes[..., :2] + boxes[..., 2:] / 2 + shift
+    size = boxes[..., 2:] * scale
+    return torch.cat([centre - size / 2, size], dim=-1)
+
+
+def crop_loss(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the crop classifier over the real (unpadded) boxes."""
+    valid = classes >= 0
+    if not bool(valid.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[valid].float(), classes[valid])

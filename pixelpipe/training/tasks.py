@@ -43,6 +43,8 @@ class Task(Protocol):
 
     def loss(self, output: torch.Tensor, targets: Any) -> torch.Tensor: ...
 
+    def step(self, model: nn.Module, images: torch.Tensor, targets: Any) -> torch.Tensor: ...
+
     def validate(
         self, net: nn.Module, batches: Any, data: TaskData, device: torch.device, amp: bool
     ) -> Validation: ...
@@ -103,12 +105,21 @@ class DetectionTask:
         heat, reg, weight = targets
         return detection_loss(output, heat, reg, weight)
 
+    def step(self, model: nn.Module, images: torch.Tensor, targets: Any) -> torch.Tensor:
+        """Heatmap + box loss, plus the crop classifier on jittered true boxes."""
+        from pixelpipe.training.centernet import CROP_WEIGHT, boxes_from_targets, crop_loss, jitter
+
+        heat, _, _ = targets
+        boxes, classes = boxes_from_targets(heat, targets[1])
+        dense, logits = model(images, jitter(boxes))
+        return self.loss(dense, targets) + CROP_WEIGHT * crop_loss(logits, classes)
+
     @torch.no_grad()
     def validate(
         self, net: nn.Module, batches: Any, data: TaskData, device: torch.device, amp: bool
     ) -> Validation:
         from pixelpipe.training.centernet import make_targets
-        from pixelpipe.training.detector import decode
+        from pixelpipe.training.detector import detect
 
         net.eval()
         classes = len(data.labels)
@@ -116,8 +127,8 @@ class DetectionTask:
         loss_sum, count = 0.0, 0
         for images, index in batches:
             with _autocast(device, amp):
-                out = net(images).float()
-            dets = decode(out, classes).cpu().numpy()
+                out = net.dense(images).float()  # type: ignore[operator]
+                dets = detect(net, images, out).cpu().numpy()  # type: ignore[arg-type]
             idx = index.view(-1).tolist()
             spec_w, spec_h = images.shape[-1], images.shape[-2]
             parts = [make_targets(_boxes(data.val[i]), classes, spec_w, spec_h) for i in idx]
@@ -172,6 +183,9 @@ class ClassificationTask:
 
     def loss(self, output: torch.Tensor, targets: Any) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(output.float(), targets)
+
+    def step(self, model: nn.Module, images: torch.Tensor, targets: Any) -> torch.Tensor:
+        return self.loss(model(images), targets)
 
     @torch.no_grad()
     def validate(

@@ -182,7 +182,7 @@ def train_epoch(
     scheduler: Any,
     device: torch.device,
     amp: bool,
-    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+    step: Callable[[nn.Module, torch.Tensor, Any], torch.Tensor],
 ) -> _Totals:
     """One pass over this process's shard; returns local sums (loss, images, wait, busy)."""
     model.train()
@@ -191,8 +191,7 @@ def train_epoch(
     for images, targets in _timed(batches, totals):
         started = time.perf_counter()
         with _autocast(device, amp):
-            output = model(images)
-        loss = loss_fn(output, targets)
+            loss = step(model, images, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
@@ -341,7 +340,7 @@ class _Trainer:
             self.scheduler,
             self.device,
             cfg.amp,
-            self.task.loss,
+            self.task.step,
         )
         wall = _all_max(time.perf_counter() - started, self.distributed)
         loss, images, wait, busy = _all_sum(
