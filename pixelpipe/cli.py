@@ -315,7 +315,7 @@ def report_upload(dir: Path = typer.Argument(..., exists=True, file_okay=False))
 @app.command()
 def demo(
     dir: Path = typer.Option(DEFAULT_DIR, "--dir", help="stack state directory"),
-    count: int = typer.Option(None, "--count", help="sample images (default DEMO_COUNT or 24)"),
+    count: int = typer.Option(None, "--count", help="sample images (default DEMO_COUNT or 200)"),
 ) -> None:
     """Start the stack, generate and upload sample data, run every stage, print where to look."""
     from pixelpipe.demo import DEFAULT_COUNT, run_demo

@@ -78,7 +78,7 @@ def settings(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "AUGMENTED_BUCKET": f"t{tag}-augmented",
         "NORMALIZED_BUCKET": f"t{tag}-normalized",
         "MLFLOW_EXPERIMENT": f"tests-{tag}",
-        "REGISTERED_MODEL_NAME": f"tests-{tag}-classifier",
+        "REGISTERED_MODEL_NAME": f"tests-{tag}-detector",
         "NVME_ROOT": str(root / "nvme"),
         "DAGSTER_HOME": str(root / "dagster"),
         "INGEST_BATCH_SIZE": "16",

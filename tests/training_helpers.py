@@ -17,7 +17,7 @@ from PIL import Image
 
 from pixelpipe.annotations.coco import categories, coco_annotation, coco_doc, coco_image
 from pixelpipe.annotations.labelstudio import ls_to_coco
-from pixelpipe.datagen import CLASSES, generate
+from pixelpipe.datagen import CLASSES, SIZES, generate
 from pixelpipe.imaging.boxes import Box, affine_boxes
 from pixelpipe.imaging.decode import encode_jpeg
 from pixelpipe.imaging.geometry import project_boxes
@@ -41,10 +41,16 @@ class VariantImage:
 
 
 def render_variant_images(
-    out_dir: Path, raw_images: int, size: int, copies: int = 1, seed: int = 0, mode: str = "fit"
+    out_dir: Path,
+    raw_images: int,
+    size: int,
+    copies: int = 1,
+    seed: int = 0,
+    mode: str = "fit",
+    sizes: Sequence[tuple[int, int]] = SIZES,
 ) -> list[VariantImage]:
     """datagen -> Label Studio export -> COCO -> size x size variant JPEGs; copy k>0 is turned."""
-    summary = generate(out_dir, raw_images, seed)
+    summary = generate(out_dir, raw_images, seed, workers=2, sizes=sizes)
     coco = ls_to_coco(summary.export_path, summary.label_config_path).coco
     names = {c["id"]: c["name"] for c in coco["categories"]}
     boxes: dict[int, list[Box]] = {}

@@ -73,3 +73,14 @@ def label_scores(
         if label in best:
             best[label] = max(best[label], float(d["score"]))
     return best
+
+
+def best_per_box(detections: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One detection per distinct box: its best-scoring label (the detector reads each box once
+    per class, which mAP wants; a person looking at boxes wants one label per box)."""
+    best: dict[tuple[float, ...], dict[str, Any]] = {}
+    for d in detections:
+        key = tuple(float(v) for v in d["box"])
+        if key not in best or float(d["score"]) > float(best[key]["score"]):
+            best[key] = dict(d)
+    return sorted(best.values(), key=lambda d: -float(d["score"]))

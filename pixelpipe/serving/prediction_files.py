@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pixelpipe.annotations.coco import categories, coco_doc, coco_image
+from pixelpipe.serving.detections import best_per_box
 from pixelpipe.serving.predictions import ls_choices_import, threshold_of
 
 Doc = Mapping[str, Any]
@@ -106,8 +107,8 @@ def ls_rectangles_import(
 ) -> list[dict[str, Any]]:
     """Label Studio tasks whose prediction holds the detector's boxes over their thresholds.
 
-    The control names match `rectangle_config()` and datagen's label config
-    (`<RectangleLabels name="label" toName="image">`). The prediction's score is the mean
+    Each box carries its best label only. The control names match `rectangle_config()` and
+    datagen's label config (`<RectangleLabels name="label" toName="image">`). The prediction's score is the mean
     score of the boxes it holds, or 1 - the best box score when none passes (how sure the
     model is that nothing is there); `model_version` is "<model_name>/<model_version>".
     Failed images are left out.
@@ -116,7 +117,8 @@ def ls_rectangles_import(
     tasks = []
     for i, record in enumerate(_sized(doc)):
         width, height = int(record["width"]), int(record["height"])
-        kept = [d for d in record["detections"] if d["score"] > threshold_of(doc, d["label"])]
+        boxes = best_per_box(record["detections"])
+        kept = [d for d in boxes if d["score"] > threshold_of(doc, d["label"])]
         result = [
             rectangle_result(
                 d["box"],

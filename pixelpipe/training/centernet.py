@@ -79,9 +79,7 @@ def detection_loss(
     return focal_loss(output[:, :c], heat) + REG_WEIGHT * box_loss(output[:, c:], reg, weight)
 
 
-def boxes_from_targets(
-    heat: torch.Tensor, reg: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def boxes_from_targets(heat: torch.Tensor, reg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's true boxes read back from its targets: (N x M x 4 [x, y, w, h] in input
     pixels, N x M class indices with -1 for padding). Exact: targets store them losslessly."""
     n = heat.shape[0]

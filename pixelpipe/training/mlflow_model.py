@@ -217,6 +217,8 @@ def export_model(model: torch.nn.Module, spec: PreprocessSpec, out_dir: Path) ->
     example = torch.zeros(1, 3, spec.input_height, spec.input_width)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is the asked format
+        # top-k sizes become constants of the trace: the input size is fixed per model
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(cpu_model, example)
         model_file = out_dir / MODEL_FILE
         torch.jit.save(traced, str(model_file))
