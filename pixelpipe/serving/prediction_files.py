@@ -108,9 +108,9 @@ def ls_rectangles_import(
     """Label Studio tasks whose prediction holds the detector's boxes over their thresholds.
 
     Each box carries its best label only. The control names match `rectangle_config()` and
-    datagen's label config (`<RectangleLabels name="label" toName="image">`). The prediction's score is the mean
-    score of the boxes it holds, or 1 - the best box score when none passes (how sure the
-    model is that nothing is there); `model_version` is "<model_name>/<model_version>".
+    datagen's label config (`<RectangleLabels name="label" toName="image">`). The
+    prediction's score is the mean score of the boxes it holds, or 1 - the best box score when
+    none passes (how sure the model is that nothing is there); `model_version` is "<model_name>/<model_version>".
     Failed images are left out.
     """
     version = f"{doc['model_name']}/{doc['model_version']}"
