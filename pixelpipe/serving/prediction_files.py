@@ -110,8 +110,8 @@ def ls_rectangles_import(
     Each box carries its best label only. The control names match `rectangle_config()` and
     datagen's label config (`<RectangleLabels name="label" toName="image">`). The
     prediction's score is the mean score of the boxes it holds, or 1 - the best box score when
-    none passes (how sure the model is that nothing is there); `model_version` is "<model_name>/<model_version>".
-    Failed images are left out.
+    none passes (how sure the model is that nothing is there); `model_version` is
+    "<model_name>/<model_version>". Failed images are left out.
     """
     version = f"{doc['model_name']}/{doc['model_version']}"
     tasks = []
