@@ -10,16 +10,20 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def detector_module(n_classes: int, spread: float = 1.0) -> Any:
-    """An untrained tiny DetectorExport; spread > 1 widens its heatmap so scores vary more."""
+def detector_module(n_classes: int, spread: float = 1.0, seed: int = 0) -> Any:
+    """An untrained tiny DetectorExport whose centres all look like objects (heatmap bias 0:
+    objectness about 0.5, so scores are about 0.5 x 1/classes, above the 0.05 floor); spread > 1
+    widens its heatmap and class logits so scores vary more."""
     import torch
 
     from pixelpipe.training.detector import DetectorExport, build_detector
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = build_detector("tiny", n_classes)
     with torch.no_grad():
+        net.heatmap[-1].bias.zero_()
         net.heatmap[-1].weight.mul_(spread)
+        net.crop_classifier.fc.weight.mul_(spread)
     return DetectorExport(net)
 
 

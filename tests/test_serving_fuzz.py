@@ -24,7 +24,7 @@ from pixelpipe.training.mlflow_model import load_predictor
 
 MODEL = "fuzz-detector"
 INFER = f"/v2/models/{MODEL}/infer"
-SIZE = 16
+SIZE = 32
 MAX_BODY = 64 * 1024
 SEED = 20240611
 CASES = 600

@@ -47,7 +47,7 @@ def to_source(
             continue
         box = [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
         out.append({"label": labels[c], "score": round(float(score), 5), "box": box})
-    out.sort(key=lambda d: -d["score"])
+    out.sort(key=lambda d: (-d["score"], d["label"], d["box"]))  # ties in a fixed order
     return out
 
 
