@@ -156,7 +156,8 @@ def _seeing_detector(spec: Any) -> Any:
     raise AssertionError("no seed in 0..31 gives an untrained detector that sees both images")
 
 
-def agreement_images() -> list[bytes]:  # noqa: N802 - the images of the agreement test, made once
+def agreement_images() -> list[bytes]:
+    """The agreement test's images: letterboxed with bars on top and on the sides."""
     return [png_photo(640, 480, 5), png_photo(300, 500, 6)]
 
 
