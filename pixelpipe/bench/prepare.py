@@ -1,6 +1,7 @@
 """Prepare the training bench's dataset once through the real pipeline, keyed by its parameters.
 
-datagen (small images) -> upload under RAW_PREFIX/pt1-<key> -> the sensor's batches -> Stage 1
+datagen (small images) -> upload under RAW_BUCKET/bench/pt1-<key>/ (outside RAW_PREFIX, so a
+running daemon's sensor leaves it alone) -> the sensor's batches, polled here -> Stage 1
 (one augmented copy per image) -> Stage 2 (one small letterbox variant named pt1-<key>) ->
 COCO + dataset index. The variant name carries the key, so its index lists exactly this set
 and never mixes with another preparation. The key digests the image count, datagen seed and
@@ -25,6 +26,7 @@ from typing import Any
 from pixelpipe.settings import Settings
 
 PREPARED_PREFIX = "perf/prepared"
+BENCH_PREFIX = "bench"  # in RAW_BUCKET, beside (not under) the RAW_PREFIX the daemon watches
 DEFAULT_IMAGE_SIZES: tuple[tuple[int, int], ...] = ((160, 120), (128, 96))
 DEFAULT_INPUT = "96x96:letterbox"
 MAX_TICKS = 50
@@ -158,7 +160,7 @@ def prepare(
         echo(f"prepared set {key}: reusing variant {marker['variant']} ({count} images)")
         return Prepared(**{**marker, "reused": True})
     variant = f"pt1-{key[:10]}"
-    prefix = f"{settings.raw_prefix}/{variant}"
+    prefix = f"{BENCH_PREFIX}/{variant}"
     index_uri = f"s3://{bucket}/datasets/{variant}/index.json"
     started = time.perf_counter()
     echo(f"prepared set {key}: generating {count} images, then the pipeline into {variant}")

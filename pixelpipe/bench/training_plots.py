@@ -22,6 +22,7 @@ def plot_all(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
 
     strong = [r for r in rows if r["scaling"] == "strong"]
     paths = [out / name for name in PLOTS]
@@ -37,6 +38,10 @@ def plot_all(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                     label=f"{n} instance(s), {loader}")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
+    sizes = sorted({r["images"] for r in strong})
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set(xlabel="dataset images", ylabel="training epoch (s)", title="Epoch time vs dataset")
     ax.legend()
     fig.tight_layout()
@@ -73,6 +78,7 @@ def plot_all(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     ax.bar([x + 0.2 for x in xs], [r["images_per_s_median"] for r in strong], 0.4,
            label="training")  # fmt: skip
     ax.set_xticks(list(xs), labels, fontsize="small")
+    ax.set_yscale("log")  # the loader is often many times faster than training
     ax.set(xlabel="dataset images x instances", ylabel="images / s",
            title="Loader vs training throughput")  # fmt: skip
     ax.legend()

@@ -68,7 +68,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     cells = [[head for _, head in TABLE_COLUMNS]]
     for r in rows:
         cells.append([
-            f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, ""))
+            f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, ""))
             for k, _ in TABLE_COLUMNS
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in cells) for i in range(len(TABLE_COLUMNS))]
