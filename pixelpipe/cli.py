@@ -439,36 +439,63 @@ def bench_stage2(
 
 @bench_app.command("training")
 def bench_training(
-    sizes: str = typer.Option("small", "--sizes", help="variants (dataset indexes) to train on"),
-    instances: str = typer.Option("1,2", "--instances", help="process counts"),
-    epochs: int = typer.Option(2, "--epochs", min=1),
-    repeats: int = typer.Option(3, "--repeats", min=1),
-    model: str = typer.Option("tiny", "--model"),
+    images: str = typer.Option(
+        "1000,4000,16000", "--images", help="dataset sizes: nested subsets of one prepared set"
+    ),
+    images_per_node: int = typer.Option(
+        None,
+        "--images-per-node",
+        min=1,
+        help="weak scaling: each instance's shard of the dataset, N images, so n instances "
+        "train on n*N (extra rows, scaling=weak). A shard, not a batch: the per-node share "
+        "of the data is what PT1 scales over nodes; the batch is --batch-size, per process",
+    ),
+    instances: str = typer.Option(
+        "1,2", "--instances", help="processes here (CPU: more than the cores share them)"
+    ),
+    epochs: int = typer.Option(2, "--epochs", min=1, help="the first is start-up, not counted"),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="runs per point, same seed"),
     task: str = typer.Option("detection", "--task", help="detection | classification"),
-    loader: str = typer.Option("auto", "--loader"),
-    max_images: int = typer.Option(None, "--max-images"),
+    loader: str = typer.Option("auto", "--loader", help="auto | torch | dali, comma-separated"),
+    model: str = typer.Option("tiny", "--model"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="images per step per process"),
+    num_workers: int = typer.Option(1, "--num-workers", min=0, help="DataLoader workers"),
+    seed: int = typer.Option(0, "--seed", help="training seed (weights, shuffles)"),
+    variant: str = typer.Option(None, "--variant", help="an existing dataset, not a prepared one"),
+    data_seed: int = typer.Option(1234, "--data-seed", help="datagen seed of the prepared set"),
+    image_sizes: str = typer.Option("160x120,128x96", "--image-sizes", help="datagen sizes"),
+    input_size: str = typer.Option("96x96:letterbox", "--input", help="the variant's size"),
     out: Path = typer.Option(Path("reports/bench/training"), "--out"),
     publish_results: bool = typer.Option(True, "--publish/--no-publish"),
 ) -> None:
-    """PT1: epoch time, images/s, data wait, scaling vs one instance, synthetic baseline."""
-    from pixelpipe.bench.training import run_bench
+    """PT1: epoch time, images/s, the loader alone and scaling, as the dataset grows."""
+    from pixelpipe.bench import training_sweep as ts
+    from pixelpipe.bench.prepare import PrepareError
 
     settings = _settings()
-    rows = run_bench(
-        settings,
-        [s.strip() for s in sizes.split(",")],
-        [int(i) for i in instances.split(",")],
-        epochs,
-        repeats,
-        out,
-        loader,
-        model=model,  # type: ignore[arg-type]
-        task=task,  # type: ignore[arg-type]
-        max_images=max_images,
-    )
-    _echo_rows(rows)
+    try:
+        sweep = ts.Sweep(
+            images=ts.int_list(images, "--images"),
+            instances=ts.int_list(instances, "--instances"),
+            loaders=ts.loaders(loader),
+            epochs=epochs,
+            repeats=repeats,
+            images_per_node=images_per_node,
+            task=task,  # type: ignore[arg-type]
+            model=model,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+        )
+        result = ts.bench_training(
+            settings, sweep, out, variant=variant, data_seed=data_seed,
+            sizes=ts.image_sizes(image_sizes), input_spec=input_size, echo=typer.echo,
+        )  # fmt: skip
+    except (ValueError, PrepareError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2) from None
     if publish_results:
-        _publish(settings, "training", out)
+        _publish(settings, "training", out, result.metrics)
 
 
 @bench_app.command("sensor")

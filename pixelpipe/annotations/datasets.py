@@ -186,7 +186,10 @@ def build_variant_cocos(s3: Any, settings: Settings) -> Built:
                     sha256=entry["sha256"],
                 )
             )
+    configured = {v.name for v in settings.variants}
     for variant, entries in sorted(per_variant.items()):
+        if variant not in configured:
+            continue  # no size known now: its last index, written while configured, stays
         index = _index(settings, variant, entries, cats)
         doc = index.model_dump(mode="json")
         uri, sha = put_json(s3, bucket, dataset_index_key(variant), doc)
