@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy pixelpipe
 
 schemas: install
 	$(PY) -m pixelpipe.manifests

@@ -21,9 +21,10 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 logging.getLogger("mlflow").setLevel(logging.ERROR)  # the demo prints its own summary
 
 
-def _count(s3: object, bucket: str, prefix: str = "") -> tuple[int, int]:
+def _count(s3: Any, bucket: str, prefix: str = "") -> tuple[int, int]:
+    """(objects, bytes) under a prefix; s3 is a boto3 client (untyped: no stubs installed)."""
     objects = size = 0
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)  # type: ignore[attr-defined]
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     for page in pages:
         for obj in page.get("Contents", []):
             objects += 1
@@ -170,7 +171,7 @@ def _batch_predictions(settings: settings_mod.Settings, partition: str) -> None:
         raise_on_error=False,
     )
     for event in result.get_asset_materialization_events():
-        meta = event.event_specific_data.materialization.metadata
+        meta = event.materialization.metadata
         keys = ("images", "failures", "label_counts", "label_studio_boxes")
         shown = {k: meta[k].value for k in keys if k in meta}
         typer.echo(f"batch_predictions {partition}: {shown}")

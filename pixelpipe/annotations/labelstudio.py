@@ -262,13 +262,9 @@ def _run_sdk_export(filtered: list[dict[str, Any]], config: str) -> dict[str, An
     with tempfile.TemporaryDirectory(prefix="pixelpipe-ls2coco-") as tmp:
         src = Path(tmp) / "export.json"
         src.write_text(json.dumps(filtered), encoding="utf-8")
-        converter = Converter(  # type: ignore[no-untyped-call]
-            config=config, project_dir=tmp, download_resources=False
-        )
+        converter = Converter(config=config, project_dir=tmp, download_resources=False)
         with quiet_sdk():
-            converter.convert(  # type: ignore[no-untyped-call]
-                str(src), str(Path(tmp) / "out"), "COCO", is_dir=False
-            )
+            converter.convert(str(src), str(Path(tmp) / "out"), "COCO", is_dir=False)
         doc: dict[str, Any] = json.loads((Path(tmp) / "out" / "result.json").read_text("utf-8"))
         return doc
 

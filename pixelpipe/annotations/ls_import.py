@@ -69,7 +69,7 @@ def _run_sdk_import(
         src, out = Path(tmp) / "coco.json", Path(tmp) / "tasks.json"
         src.write_text(json.dumps(slim), encoding="utf-8")
         with quiet_sdk():
-            convert_coco_to_ls(  # type: ignore[no-untyped-call]
+            convert_coco_to_ls(
                 str(src), str(out), to_name=to_name, from_name=from_name, out_type="predictions"
             )
         config = (Path(tmp) / "tasks.label_config.xml").read_text(encoding="utf-8")

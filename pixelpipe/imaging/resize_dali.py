@@ -295,5 +295,5 @@ def _pipeline(
         device_id=0 if device == "gpu" else None,
         prefetch_queue_depth=1,
     )
-    pipe.build()  # type: ignore[no-untyped-call]  # DALI leaves Pipeline.build unannotated
+    pipe.build()
     return pipe

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -18,8 +20,8 @@ JITTER = 0.15  # training crops: box centre moved and side scaled by up to this 
 
 
 def make_targets(
-    boxes: np.ndarray, num_classes: int, width: int, height: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    boxes: npt.NDArray[np.floating[Any]], num_classes: int, width: int, height: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Heatmap (C x h x w), box targets (4 x h x w) and regression weights (1 x h x w).
 
     boxes: M x 5 float [x, y, width, height, class index] in input pixels. Box targets per
@@ -31,7 +33,7 @@ def make_targets(
     weight = np.zeros((1, h, w), np.float32)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     # larger boxes first, so a small box lying on a big one owns the cells it shares
-    order = np.argsort(-(boxes[:, 2] * boxes[:, 3])) if len(boxes) else []
+    order = np.argsort(-(boxes[:, 2] * boxes[:, 3])) if len(boxes) else np.zeros(0, np.intp)
     for i in order:
         x, y, bw, bh, cls = boxes[i]
         if bw < 1 or bh < 1:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from pixelpipe.settings import Settings
 from pixelpipe.storage.keys import UnsafeKeyError, key_to_path
@@ -49,7 +50,8 @@ def _read_bytes(uri: str, settings: Settings | None, base: Path | None = None) -
             raise DatasetError(f"{uri}: reading from S3 needs settings")
         bucket, key = parse_s3_uri(uri)
         try:
-            return s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+            data: bytes = s3_client(settings).get_object(Bucket=bucket, Key=key)["Body"].read()
+            return data
         except Exception as exc:  # botocore raises one class per error code
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
             raise DatasetError(f"cannot read {uri} ({code})") from None
@@ -188,11 +190,11 @@ class StagedDataset:
     def labels(self) -> list[str]:
         return self.index.labels
 
-    def targets(self, samples: list[Sample] | None = None) -> np.ndarray:
+    def targets(self, samples: list[Sample] | None = None) -> npt.NDArray[np.float32]:
         return multi_hot(samples if samples is not None else self.samples, len(self.labels))
 
 
-def multi_hot(samples: list[Sample], classes: int) -> np.ndarray:
+def multi_hot(samples: list[Sample], classes: int) -> npt.NDArray[np.float32]:
     """N x classes float32 matrix, 1 where the image holds the class."""
     out = np.zeros((len(samples), classes), dtype=np.float32)
     for row, sample in enumerate(samples):

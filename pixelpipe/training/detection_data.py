@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
 
@@ -22,21 +23,22 @@ from pixelpipe.training.loaders import (
 )
 
 DetTargets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Boxes = npt.NDArray[np.float32]  # M x 5 [x, y, width, height, class index]
 
 
-def boxes_array(boxes: Sequence[Sequence[float]]) -> np.ndarray:
+def boxes_array(boxes: Sequence[Sequence[float]]) -> Boxes:
     """M x 5 float32 [x, y, width, height, class index] (0 x 5 when there are none)."""
     return np.asarray(boxes, np.float32).reshape(-1, 5)
 
 
-def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+def flip_boxes(boxes: Boxes, width: int) -> Boxes:
     """Boxes of a horizontally mirrored image of the given width."""
     out = boxes.copy()
     out[:, 0] = width - boxes[:, 0] - boxes[:, 2]
     return out
 
 
-def rot90_boxes(boxes: np.ndarray, size: int) -> np.ndarray:
+def rot90_boxes(boxes: Boxes, size: int) -> Boxes:
     """Boxes of a square size x size image turned 90 degrees as np.rot90 turns it."""
     out = boxes.copy()
     out[:, 0] = boxes[:, 1]
@@ -46,9 +48,7 @@ def rot90_boxes(boxes: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def augment(
-    chw: torch.Tensor, boxes: np.ndarray, width: int, height: int
-) -> tuple[torch.Tensor, np.ndarray]:
+def augment(chw: torch.Tensor, boxes: Boxes, width: int, height: int) -> tuple[torch.Tensor, Boxes]:
     """A random mirror, and on square inputs a random quarter turn, applied to image and boxes.
 
     Shape classes do not depend on orientation, so the eight symmetries of a square are free
@@ -63,13 +63,13 @@ def augment(
     return chw.contiguous(), boxes
 
 
-class DetectionFiles(Dataset):
+class DetectionFiles(Dataset[tuple[torch.Tensor, int | DetTargets]]):
     """Input-sized uint8 CHW images; training items carry targets, validation items their index."""
 
     def __init__(
         self,
         paths: Sequence[str],
-        boxes: Sequence[np.ndarray],
+        boxes: Sequence[Boxes],
         classes: int,
         spec: LoaderSpec,
         train: bool,
@@ -80,7 +80,7 @@ class DetectionFiles(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int | DetTargets]:
         s = self.spec
         rgb = decode_image(Path(self.paths[i]).read_bytes())
         rgb = to_input_size(rgb, s.width, s.height, s.mode)
@@ -98,14 +98,15 @@ class DetectionBatches:
     def __init__(
         self,
         paths: Sequence[str],
-        boxes: Sequence[np.ndarray],
+        boxes: Sequence[Boxes],
         classes: int,
         spec: LoaderSpec,
         train: bool,
     ) -> None:
         self.spec = spec
-        data: Dataset = DetectionFiles(paths, boxes, classes, spec, train)
-        self.sampler: DistributedSampler | None = None
+        files = DetectionFiles(paths, boxes, classes, spec, train)
+        data: Dataset[tuple[torch.Tensor, int | DetTargets]] = files
+        self.sampler: DistributedSampler[int] | None = None
         sampler: Any
         if train and spec.world_size > 1:
             self.sampler = DistributedSampler(
@@ -114,7 +115,7 @@ class DetectionBatches:
             sampler, per_rank = self.sampler, len(self.sampler)
         elif train:
             gen = torch.Generator().manual_seed(spec.seed)
-            sampler, per_rank = RandomSampler(data, generator=gen), len(paths)
+            sampler, per_rank = RandomSampler(files, generator=gen), len(paths)
         else:
             data = Subset(data, list(range(spec.rank, len(paths), spec.world_size)))
             sampler, per_rank = None, len(data)
@@ -154,7 +155,7 @@ class DaliDetectionBatches:
     def __init__(
         self,
         paths: Sequence[str],
-        boxes: Sequence[np.ndarray],
+        boxes: Sequence[Boxes],
         classes: int,
         spec: LoaderSpec,
         train: bool,
@@ -199,7 +200,7 @@ class DaliDetectionBatches:
 def make_detection_batches(
     kind: str,
     paths: Sequence[str],
-    boxes: Sequence[np.ndarray],
+    boxes: Sequence[Boxes],
     classes: int,
     spec: LoaderSpec,
     train: bool,

@@ -6,11 +6,17 @@ import contextlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 SCORE_FLOOR = 0.05  # detections below this are never kept (COCO results, serving)
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.025), 3)
+
+Floats = npt.NDArray[np.float32]  # boxes (M x 5), detections (K x 6), scores (N x classes)
+Mask = npt.NDArray[np.bool_]  # N x classes: a class is present / predicted in an image
+Coco = dict[str, Any]  # a COCO document as pycocotools takes it
 
 
 @dataclass
@@ -28,11 +34,11 @@ class DetectionMetrics:
 
 
 def coco_ground_truth(
-    sizes: Sequence[tuple[int, int]], boxes: Sequence[np.ndarray], classes: int
-) -> dict:
+    sizes: Sequence[tuple[int, int]], boxes: Sequence[Floats], classes: int
+) -> Coco:
     """A COCO dict for images 1..N (width, height) with their M x 5 boxes."""
     images = [{"id": i + 1, "width": w, "height": h} for i, (w, h) in enumerate(sizes)]
-    anns = []
+    anns: list[dict[str, Any]] = []
     for i, arr in enumerate(boxes):
         for x, y, w, h, c in arr.tolist():
             anns.append({
@@ -43,9 +49,9 @@ def coco_ground_truth(
     return {"images": images, "annotations": anns, "categories": cats}
 
 
-def coco_results(detections: Sequence[np.ndarray]) -> list[dict]:
+def coco_results(detections: Sequence[Floats]) -> list[dict[str, Any]]:
     """COCO results for images 1..N from K x 6 [x, y, w, h, score, class] arrays."""
-    out = []
+    out: list[dict[str, Any]] = []
     for i, dets in enumerate(detections):
         for x, y, w, h, score, c in dets.tolist():
             if score >= SCORE_FLOOR:
@@ -54,7 +60,9 @@ def coco_results(detections: Sequence[np.ndarray]) -> list[dict]:
     return out
 
 
-def coco_map(gt: dict, results: list[dict], classes: int) -> tuple[float, float, list[float]]:
+def coco_map(
+    gt: Coco, results: list[dict[str, Any]], classes: int
+) -> tuple[float, float, list[float]]:
     """(mAP@[.5:.95], mAP@.5, AP per class) by pycocotools' COCOeval (0 with no results)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -78,7 +86,7 @@ def coco_map(gt: dict, results: list[dict], classes: int) -> tuple[float, float,
     return max(0.0, float(ev.stats[0])), max(0.0, float(ev.stats[1])), per_class
 
 
-def image_scores(detections: Sequence[np.ndarray], classes: int) -> np.ndarray:
+def image_scores(detections: Sequence[Floats], classes: int) -> Floats:
     """N x classes: each image's best detection score per class (0 where none)."""
     out = np.zeros((len(detections), classes), np.float32)
     for i, dets in enumerate(detections):
@@ -87,28 +95,30 @@ def image_scores(detections: Sequence[np.ndarray], classes: int) -> np.ndarray:
     return out
 
 
-def _f1(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def _f1(pred: Mask, truth: Mask) -> npt.NDArray[np.float64]:
     tp = (pred & truth).sum(0)
     fp = (pred & ~truth).sum(0)
     fn = (~pred & truth).sum(0)
     denom = 2 * tp + fp + fn
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+    f1: npt.NDArray[np.float64] = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+    return f1
 
 
-def best_thresholds(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def best_thresholds(scores: Floats, truth: Mask) -> npt.NDArray[np.float64]:
     """Per class, the grid threshold with the best image-level F1 (ties: the lowest)."""
     f1 = np.stack([_f1(scores > t, truth) for t in THRESHOLD_GRID])  # grid x classes
     f1 = np.nan_to_num(f1, nan=-1.0)
-    return THRESHOLD_GRID[np.argmax(f1, axis=0)]
+    best: npt.NDArray[np.float64] = THRESHOLD_GRID[np.argmax(f1, axis=0)]
+    return best
 
 
-def macro_f1(pred: np.ndarray, truth: np.ndarray) -> float:
+def macro_f1(pred: Mask, truth: Mask) -> float:
     """Mean F1 over classes present or predicted (others carry no evidence)."""
     f1 = _f1(pred, truth)
     return float(np.nanmean(f1)) if np.isfinite(f1).any() else 0.0
 
 
-def cross_fitted_f1(scores: np.ndarray, truth: np.ndarray) -> float:
+def cross_fitted_f1(scores: Floats, truth: Mask) -> float:
     """Image-level macro-F1 with thresholds chosen on one half of validation, scored on the other.
 
     Each half is scored with the thresholds of the other half, so the number does not flatter
@@ -124,13 +134,13 @@ def cross_fitted_f1(scores: np.ndarray, truth: np.ndarray) -> float:
     return macro_f1(pred, truth)
 
 
-def constant_baseline(train_truth: np.ndarray, val_truth: np.ndarray) -> float:
+def constant_baseline(train_truth: Mask, val_truth: Mask) -> float:
     """Macro-F1 of predicting every class seen in training on every image (label-blind)."""
     seen = train_truth.any(axis=0) if len(train_truth) else np.zeros(val_truth.shape[1], bool)
     return macro_f1(np.broadcast_to(seen, val_truth.shape).copy(), val_truth)
 
 
-def presence(boxes: Sequence[np.ndarray], classes: int) -> np.ndarray:
+def presence(boxes: Sequence[Floats], classes: int) -> Mask:
     """N x classes bool: which classes each image holds."""
     out = np.zeros((len(boxes), classes), bool)
     for i, arr in enumerate(boxes):
@@ -139,11 +149,11 @@ def presence(boxes: Sequence[np.ndarray], classes: int) -> np.ndarray:
 
 
 def evaluate_detections(
-    detections: Sequence[np.ndarray],
+    detections: Sequence[Floats],
     sizes: Sequence[tuple[int, int]],
-    boxes: Sequence[np.ndarray],
+    boxes: Sequence[Floats],
     labels: Sequence[str],
-    train_boxes: Sequence[np.ndarray],
+    train_boxes: Sequence[Floats],
 ) -> DetectionMetrics:
     """Every validation number from the detections of the validation images."""
     classes = len(labels)

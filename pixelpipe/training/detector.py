@@ -104,7 +104,8 @@ class CenterNet(nn.Module):
         """N x M x classes logits for square crops around N x M boxes of the input batch."""
         n, m = boxes.shape[0], boxes.shape[1]
         crops = crop_images(x, boxes, CROP)
-        return self.crop_classifier(crops).view(n, m, -1)
+        logits: torch.Tensor = self.crop_classifier(crops)
+        return logits.view(n, m, -1)
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """N x (classes + 4) x H/4 x W/4: heatmap logits and box channels."""
@@ -137,7 +138,8 @@ class CropClassifier(nn.Module):
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         x = self.body(crops)
         pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
-        return self.fc(pooled)
+        logits: torch.Tensor = self.fc(pooled)
+        return logits
 
 
 CROP_WIDTH = {16: 24, 32: 32, 64: 48}

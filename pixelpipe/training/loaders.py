@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import simplejpeg
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
@@ -28,13 +29,17 @@ MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 _SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
 
+RGB = npt.NDArray[np.uint8]  # H x W x 3
+Targets = npt.NDArray[np.float32]  # N x classes multi-hot (or N x 1 file positions)
+
 
 # --- preprocessing ---------------------------------------------------------------------------
-def decode_image(data: bytes) -> np.ndarray:
+def decode_image(data: bytes) -> RGB:
     """Encoded bytes (JPEG, PNG, ...) -> upright HxWx3 uint8 RGB; ImageError if unusable."""
     if plain_jpeg_size(data) is not None:
         try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+            rgb: RGB = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+            return rgb
         except ValueError:
             pass  # let load_rgb name the problem
     # load_rgb owns orientation, alpha and bit-depth rules; it reads files
@@ -44,7 +49,7 @@ def decode_image(data: bytes) -> np.ndarray:
         return load_rgb(tmp.name)
 
 
-def to_input_size(rgb: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
+def to_input_size(rgb: RGB, width: int, height: int, mode: str) -> RGB:
     """Resize (and crop or pad) to width x height exactly as stage 2 makes the variant."""
     if rgb.shape[1] == width and rgb.shape[0] == height:
         return rgb
@@ -95,7 +100,9 @@ class LoaderSpec:
 
     @property
     def torch_device(self) -> torch.device:
-        return torch.device(self.device, self.device_id if self.device == "cuda" else None)
+        if self.device == "cuda":
+            return torch.device(self.device, self.device_id)
+        return torch.device(self.device)
 
 
 class Batches(Protocol):
@@ -113,11 +120,11 @@ def _drop_last(per_rank: int, batch_size: int) -> bool:
     return per_rank >= batch_size
 
 
-class ImageFiles(Dataset):
+class ImageFiles(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     """Decoded, input-sized images as uint8 CHW tensors with multi-hot targets."""
 
     def __init__(
-        self, paths: Sequence[str], targets: np.ndarray, spec: LoaderSpec, train: bool
+        self, paths: Sequence[str], targets: Targets, spec: LoaderSpec, train: bool
     ) -> None:
         self.paths = list(paths)
         self.targets = torch.from_numpy(np.asarray(targets, dtype=np.float32))
@@ -146,11 +153,12 @@ class TorchBatches:
     """torch DataLoader over ImageFiles (workers, pinned memory, DistributedSampler)."""
 
     def __init__(
-        self, paths: Sequence[str], targets: np.ndarray, spec: LoaderSpec, train: bool
+        self, paths: Sequence[str], targets: Targets, spec: LoaderSpec, train: bool
     ) -> None:
         self.spec = spec
-        data: Dataset = ImageFiles(paths, targets, spec, train)
-        self.sampler: DistributedSampler | None = None
+        files = ImageFiles(paths, targets, spec, train)
+        data: Dataset[tuple[torch.Tensor, torch.Tensor]] = files
+        self.sampler: DistributedSampler[int] | None = None
         if train and spec.world_size > 1:
             self.sampler = DistributedSampler(
                 data, spec.world_size, spec.rank, shuffle=True, seed=spec.seed, drop_last=True
@@ -159,7 +167,7 @@ class TorchBatches:
             per_rank = len(self.sampler)
         elif train:
             gen = torch.Generator().manual_seed(spec.seed)
-            sampler, per_rank = RandomSampler(data, generator=gen), len(paths)
+            sampler, per_rank = RandomSampler(files, generator=gen), len(paths)
         else:
             # validation: a plain, unpadded shard per rank, so counts can be summed exactly
             data = Subset(data, list(range(spec.rank, len(paths), spec.world_size)))
@@ -205,7 +213,7 @@ class DaliBatches:
     def __init__(
         self,
         paths: Sequence[str],
-        targets: np.ndarray,
+        targets: Targets,
         spec: LoaderSpec,
         train: bool,
         return_mirror: bool = False,
@@ -274,7 +282,6 @@ def _dali_pipeline(
     @pipeline_def(
         batch_size=spec.batch_size,
         num_threads=max(1, spec.num_workers),
-        device_id=spec.device_id if gpu else None,
         seed=spec.seed + spec.rank,
         prefetch_queue_depth=2,
     )
@@ -288,12 +295,14 @@ def _dali_pipeline(
             seed=spec.seed,  # one shuffle for all ranks, so shards stay disjoint
             name=DaliBatches.READER,
         )
-        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.decoders.image(
+            jpegs, device="mixed" if gpu else "cpu", output_type=types.DALIImageType.RGB
+        )
         mirror = fn.random.coin_flip(probability=0.5) if train else 0
         # variant images already have the input size; the crop only guards stray ones
         images = fn.crop_mirror_normalize(
             images,
-            dtype=types.FLOAT,
+            dtype=types.DALIDataType.FLOAT,
             output_layout="CHW",
             crop=(spec.height, spec.width),
             out_of_bounds_policy="pad",
@@ -305,7 +314,8 @@ def _dali_pipeline(
             return images, (index.gpu() if gpu else index), mirror
         return images, (index.gpu() if gpu else index)
 
-    return pipeline()
+    # device_id at the call: None (CPU only) is what DALI wants here, though its stub says int
+    return pipeline(device_id=spec.device_id if gpu else None)
 
 
 class SyntheticBatches:
@@ -340,7 +350,7 @@ class SyntheticBatches:
 
 
 def make_batches(
-    kind: str, paths: Sequence[str], targets: np.ndarray, spec: LoaderSpec, train: bool
+    kind: str, paths: Sequence[str], targets: Targets, spec: LoaderSpec, train: bool
 ) -> Batches:
     """A loader by name: 'torch', 'dali' or 'synthetic' (paths only count for synthetic)."""
     if kind == "torch":

@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.pyfunc
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
 MODEL_FILE = "model.pt"
@@ -122,7 +124,7 @@ class Predictor:
         raw, geoms = self._forward(blobs)
         return [to_source(r.numpy(), g, self.spec.labels) for r, g in zip(raw, geoms, strict=True)]
 
-    def scores(self, blobs: Sequence[bytes]) -> np.ndarray:
+    def scores(self, blobs: Sequence[bytes]) -> npt.NDArray[np.float32]:
         """N x labels image-level scores (a detector's: each label's best box score)."""
         if not blobs:
             return np.zeros((0, len(self.spec.labels)), dtype=np.float32)
@@ -168,7 +170,7 @@ def load_predictor(local_model_dir: str | Path, device: str = "cpu") -> Predicto
     return load_predictor_files(model_file, preprocess_file, device)
 
 
-class ImageModel(mlflow.pyfunc.PythonModel):
+class ImageModel(PythonModel):
     """pyfunc: DataFrame with base64 `image` -> a score column per label, `labels` and, for a
     detector, `detections` (JSON: [{label, score, box: [x, y, w, h]}] in source pixels)."""
 
@@ -178,7 +180,7 @@ class ImageModel(mlflow.pyfunc.PythonModel):
         )
 
     def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         del context, params
         blobs = [_as_bytes(v) for v in model_input[IMAGE_COLUMN]]
@@ -229,14 +231,14 @@ def export_model(model: torch.nn.Module, spec: PreprocessSpec, out_dir: Path) ->
 
 def _signature(labels: Sequence[str], detector: bool) -> Any:
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, DataType, Schema
+    from mlflow.types.schema import Array, ColSpec, DataType, Schema, TensorSpec
 
     inputs = Schema([ColSpec(DataType.string, IMAGE_COLUMN)])
-    outputs = Schema(
-        [ColSpec(DataType.double, label) for label in labels]
-        + [ColSpec(Array(DataType.string), LABELS_COLUMN)]
-        + ([ColSpec(DataType.string, DETECTIONS_COLUMN)] if detector else [])
-    )
+    columns: list[ColSpec | TensorSpec] = [ColSpec(DataType.double, label) for label in labels]
+    columns.append(ColSpec(Array(DataType.string), LABELS_COLUMN))
+    if detector:
+        columns.append(ColSpec(DataType.string, DETECTIONS_COLUMN))
+    outputs = Schema(columns)
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -380,7 +382,7 @@ class RunLogger:
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "source could be interpreted several ways"
-            dataset = mlflow.data.from_pandas(
+            dataset = from_pandas(
                 frame,
                 source=index_uri,
                 name=f"pixelpipe-{index_doc.get('variant')}",

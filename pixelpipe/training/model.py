@@ -54,7 +54,8 @@ class BasicBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        out: torch.Tensor = self.act(self.body(x) + self.shortcut(x))
+        return out
 
 
 class Bottleneck(nn.Module):
@@ -75,7 +76,8 @@ class Bottleneck(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        out: torch.Tensor = self.act(self.body(x) + self.shortcut(x))
+        return out
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
@@ -134,7 +136,8 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(self.stem(x))
         pooled = torch.cat([self.avg_pool(x), self.max_pool(x)], dim=1)
-        return self.head(torch.flatten(pooled, 1))
+        logits: torch.Tensor = self.head(torch.flatten(pooled, 1))
+        return logits
 
 
 def build_model(name: str, num_classes: int) -> ResNet:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -19,6 +20,9 @@ from pixelpipe.training.detection_eval import (
     evaluate_detections,
 )
 from pixelpipe.training.loaders import LoaderSpec, make_batches
+
+if TYPE_CHECKING:
+    from pixelpipe.training.detection_data import Boxes
 
 
 @dataclass
@@ -75,7 +79,7 @@ def _gather_rows(rows: list[tuple[int, Any]], distributed: bool) -> list[Any]:
     return [value for _, value in sorted(rows, key=lambda r: r[0])]
 
 
-def _boxes(sample: Sample) -> np.ndarray:
+def _boxes(sample: Sample) -> Boxes:
     return np.asarray(sample.boxes, np.float32).reshape(-1, 5)
 
 
@@ -244,5 +248,5 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def sample_labels(samples: Sequence[Sample], classes: int) -> np.ndarray:
+def sample_labels(samples: Sequence[Sample], classes: int) -> npt.NDArray[np.float32]:
     return multi_hot(list(samples), classes)

@@ -193,7 +193,7 @@ def train_epoch(
         with _autocast(device, amp):
             loss = step(model, images, targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
         nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
         scheduler.step()
@@ -394,7 +394,8 @@ def _loader_spec(config: TrainConfig, index: DatasetIndex, info: DistInfo, devic
 def _build(
     config: TrainConfig, data: _Data, info: DistInfo, device_name: str, distributed: bool
 ) -> tuple[_Trainer, str]:
-    device = torch.device(device_name, info.local_rank if device_name == "cuda" else None)
+    cuda = device_name == "cuda"
+    device = torch.device(device_name, info.local_rank) if cuda else torch.device(device_name)
     labels = data.index.labels
     task = get_task(config.task)
     loader = "synthetic" if config.synthetic_data else resolve_loader(config, device_name)
@@ -404,7 +405,8 @@ def _build(
     net = task.build(config.model, len(labels)).to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        net = net.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's overloads leave it out
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model: nn.Module = net
     if distributed:
         ids = [info.local_rank] if device.type == "cuda" else None
