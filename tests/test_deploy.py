@@ -313,6 +313,8 @@ def _imports(path: Path, top_level_only: bool) -> Iterator[str]:
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             yield node.module
+            if node.module.split(".")[0] == "pixelpipe":  # `from pixelpipe.cli import data`
+                yield from (f"{node.module}.{alias.name}" for alias in node.names)
 
 
 def _module_file(name: str) -> Path | None:
@@ -325,7 +327,7 @@ def _module_file(name: str) -> Path | None:
 
 def _serving_imports() -> dict[str, set[str]]:
     """Third-party top-level modules reachable from `pixelpipe serve`, and who imports them."""
-    # the CLI module is loaded whole, but only the serve command's lazy imports run
+    # the CLI package is loaded whole, but only the serve command's lazy imports run
     todo = [("pixelpipe.cli", True), ("pixelpipe.serving.app", False)]
     todo += [("pixelpipe.serving.registry", False), ("pixelpipe.serving.predictions", False)]
     seen: set[str] = set()
@@ -338,7 +340,7 @@ def _serving_imports() -> dict[str, set[str]]:
         seen.add(module)
         for name in _imports(path, top_only):
             if name.split(".")[0] == "pixelpipe":
-                todo.append((name, False))
+                todo.append((name, name.startswith("pixelpipe.cli")))
             elif name.split(".")[0] not in sys.stdlib_module_names:
                 found.setdefault(name.split(".")[0], set()).add(module)
     return found
