@@ -194,6 +194,16 @@ class StagedDataset:
         return multi_hot(samples if samples is not None else self.samples, len(self.labels))
 
 
+@dataclass
+class TrainData:
+    """One run's dataset: its index, the train / validation split and the staging time."""
+
+    index: DatasetIndex
+    train: list[Sample]
+    val: list[Sample]
+    stage_seconds: float
+
+
 def multi_hot(samples: list[Sample], classes: int) -> npt.NDArray[np.float32]:
     """N x classes float32 matrix, 1 where the image holds the class."""
     out = np.zeros((len(samples), classes), dtype=np.float32)

@@ -26,7 +26,6 @@ result, which local rank 0 of every machine writes to --result.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,98 +48,25 @@ from pixelpipe.settings import Settings, load_settings
 from pixelpipe.training.config import TrainConfig, resolve_device, resolve_loader
 from pixelpipe.training.dataset import (
     DatasetIndex,
-    Sample,
+    TrainData,
     cap_samples,
     index_samples,
     read_index,
     split_samples,
     stage_dataset,
 )
-from pixelpipe.training.loaders import MEAN, STD, Batches, LoaderSpec
+from pixelpipe.training.distributed import DistInfo, all_max, all_sum, init_distributed
+from pixelpipe.training.loaders import Batches, LoaderSpec
+from pixelpipe.training.metrics import EpochMetrics, TrainResult, final_metrics
 from pixelpipe.training.model import count_parameters
 from pixelpipe.training.tasks import Task, TaskData, get_task
+from pixelpipe.training.tracking import finish_tracking, start_tracking
+
+__all__ = ["DistInfo", "EpochMetrics", "TrainResult", "main", "run_training"]
 
 log = logging.getLogger("pixelpipe.training")
 WARMUP_FRACTION = 0.05
 GRAD_CLIP = 10.0
-
-
-@dataclass
-class EpochMetrics:
-    """What one epoch measured (all processes together)."""
-
-    epoch: int
-    train_loss: float
-    images_per_s: float
-    data_wait_fraction: float
-    train_seconds: float
-    epoch_seconds: float
-    lr: float
-    val_loss: float | None = None
-    val_f1_macro: float | None = None
-    val_map: float | None = None
-    val_map50: float | None = None
-    baseline_f1_macro: float | None = None
-    extra: dict[str, float] = field(default_factory=dict)
-
-    def values(self) -> dict[str, float]:
-        """Every number, flat (per-class APs included), for MLflow."""
-        out = {k: v for k, v in asdict(self).items() if isinstance(v, int | float)}
-        return {**out, **self.extra}
-
-
-@dataclass
-class TrainResult:
-    """A finished run: MLflow ids, final metrics, per-epoch metrics and the baseline."""
-
-    run_id: str | None
-    model_version: str | None
-    run_url: str | None
-    model_uri: str | None
-    metrics: dict[str, float]
-    epochs: list[EpochMetrics] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    task: str = "detection"
-    thresholds: dict[str, float] = field(default_factory=dict)
-    dataset_uri: str = ""
-    dataset_digest: str = ""
-    world_size: int = 1
-    device: str = "cpu"
-    loader: str = "torch"
-    model: str = ""
-    num_parameters: int = 0
-    train_images: int = 0
-    val_images: int = 0
-    stage_seconds: float = 0.0
-    total_seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
-        epochs = [EpochMetrics(**e) for e in data.get("epochs", [])]
-        return cls(**{**data, "epochs": epochs})
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the job (torchrun's RANK / LOCAL_RANK / WORLD_SIZE)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls) -> DistInfo:
-        env = os.environ
-        return cls(
-            int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
-        )
 
 
 # --- one epoch -------------------------------------------------------------------------------
@@ -212,33 +138,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def init_distributed(info: DistInfo, device: str) -> bool:
-    """Join the torchrun job (gloo on CPU, NCCL on GPU); False when running alone."""
-    if info.world_size <= 1 or dist.is_initialized():
-        return False
-    if device == "cuda":
-        torch.cuda.set_device(info.local_rank)
-    backend = "nccl" if device == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=dt.timedelta(minutes=10))
-    return True
-
-
-def _all_sum(values: list[float], enabled: bool) -> list[float]:
-    if not enabled:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _all_max(value: float, enabled: bool) -> float:
-    if not enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t[0])
-
-
 def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
     """Linear warm-up over the first steps, then cosine decay to zero."""
     warmup = max(1, int(WARMUP_FRACTION * total_steps))
@@ -252,15 +151,7 @@ def _schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@dataclass
-class _Data:
-    index: DatasetIndex
-    train: list[Sample]
-    val: list[Sample]
-    stage_seconds: float
-
-
-def _load_data(config: TrainConfig, settings: Settings) -> _Data:
+def _load_data(config: TrainConfig, settings: Settings) -> TrainData:
     index = read_index(config.index_uri(settings), settings)
     started = time.perf_counter()
     if config.synthetic_data:
@@ -268,23 +159,7 @@ def _load_data(config: TrainConfig, settings: Settings) -> _Data:
     else:
         samples = stage_dataset(index, settings, max_images=config.max_images).samples
     train, val = split_samples(samples, config.val_fraction)
-    return _Data(index, train, val, time.perf_counter() - started)
-
-
-def _params(config: TrainConfig, data: _Data, extra: dict[str, Any]) -> dict[str, Any]:
-    from pixelpipe.training.mlflow_model import code_version
-
-    return {
-        **config.model_dump(),
-        "dataset_uri": data.index.uri,
-        "dataset_digest": data.index.digest,
-        "dataset_variant": data.index.variant,
-        "input_size": f"{data.index.width}x{data.index.height}:{data.index.mode}",
-        "code_version": code_version(),
-        "train_images": len(data.train),
-        "val_images": len(data.val),
-        **extra,
-    }
+    return TrainData(index, train, val, time.perf_counter() - started)
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -342,8 +217,8 @@ class _Trainer:
             cfg.amp,
             self.task.step,
         )
-        wall = _all_max(time.perf_counter() - started, self.distributed)
-        loss, images, wait, busy = _all_sum(
+        wall = all_max(time.perf_counter() - started, self.distributed)
+        loss, images, wait, busy = all_sum(
             [totals.loss, totals.images, totals.wait, totals.busy], self.distributed
         )
         metrics = EpochMetrics(
@@ -357,7 +232,7 @@ class _Trainer:
         )
         if not cfg.synthetic_data:
             self._validate(metrics)
-        metrics.epoch_seconds = _all_max(time.perf_counter() - started, self.distributed)
+        metrics.epoch_seconds = all_max(time.perf_counter() - started, self.distributed)
         return metrics
 
     def _validate(self, metrics: EpochMetrics) -> None:
@@ -392,7 +267,7 @@ def _loader_spec(config: TrainConfig, index: DatasetIndex, info: DistInfo, devic
 
 
 def _build(
-    config: TrainConfig, data: _Data, info: DistInfo, device_name: str, distributed: bool
+    config: TrainConfig, data: TrainData, info: DistInfo, device_name: str, distributed: bool
 ) -> tuple[_Trainer, str]:
     cuda = device_name == "cuda"
     device = torch.device(device_name, info.local_rank) if cuda else torch.device(device_name)
@@ -444,7 +319,7 @@ def _run(
     data = _load_data(config, settings)
     trainer, loader = _build(config, data, info, device_name, distributed)
     labels = data.index.labels
-    tracker = _start_tracking(config, settings, data, info, loader, device_name, trainer.net)
+    tracker = start_tracking(config, settings, data, info, loader, device_name, trainer.net)
     try:
         epochs: list[EpochMetrics] = []
         for epoch in range(config.epochs):
@@ -459,7 +334,7 @@ def _run(
             model_version=None,
             run_url=None,
             model_uri=None,
-            metrics=_final_metrics(epochs),
+            metrics=final_metrics(epochs),
             epochs=epochs,
             labels=labels,
             task=config.task,
@@ -476,92 +351,13 @@ def _run(
             stage_seconds=data.stage_seconds,
         )
         if tracker is not None:
-            _finish_tracking(tracker, config, data, trainer.net, result)
+            finish_tracking(tracker, config, data, trainer.net, result)
     except BaseException:
         if tracker is not None:
             tracker.end("FAILED")
         raise
     result.total_seconds = time.perf_counter() - started
     return result
-
-
-def _final_metrics(epochs: list[EpochMetrics]) -> dict[str, float]:
-    last = epochs[-1]
-    steady = epochs[1:] or epochs  # epoch 0 pays for worker start-up and warm-up
-    out = {
-        "train_loss": last.train_loss,
-        "images_per_s": float(np.median([e.images_per_s for e in steady])),
-        "data_wait_fraction": float(np.median([e.data_wait_fraction for e in steady])),
-        "epoch_seconds": float(np.median([e.epoch_seconds for e in steady])),
-    }
-    for name in ("val_loss", "val_f1_macro", "val_map", "val_map50", "baseline_f1_macro"):
-        value = getattr(last, name)
-        if value is not None:
-            out[name] = value
-    return out | ({k: v for k, v in last.extra.items()} if last.val_loss is not None else {})
-
-
-def _start_tracking(
-    config: TrainConfig,
-    settings: Settings,
-    data: _Data,
-    info: DistInfo,
-    loader: str,
-    device: str,
-    net: nn.Module,
-) -> Any:
-    if not (config.track and info.is_main):
-        return None
-    from pixelpipe.training.mlflow_model import RunLogger
-
-    tracker = RunLogger(
-        settings.mlflow_tracking_uri, settings.mlflow_experiment, settings.registered_model_name
-    )
-    extra = {
-        "world_size": info.world_size,
-        "resolved_device": device,
-        "resolved_loader": loader,
-        "num_parameters": count_parameters(net),
-    }
-    tags = {"pixelpipe.variant": data.index.variant, "pixelpipe.dataset_digest": data.index.digest}
-    tracker.start(config.run_name, _params(config, data, extra), tags)
-    try:
-        tracker.log_dataset(data.index.uri, data.index.raw, data.index.digest)
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    return tracker
-
-
-def _finish_tracking(
-    tracker: Any, config: TrainConfig, data: _Data, net: nn.Module, result: TrainResult
-) -> None:
-    from pixelpipe.training.mlflow_model import PreprocessSpec
-
-    tracker.log_metrics({f"final_{k}": v for k, v in result.metrics.items()}, config.epochs)
-    if not config.synthetic_data:
-        spec = PreprocessSpec(
-            input_width=data.index.width,
-            input_height=data.index.height,
-            mode=data.index.mode,
-            mean=MEAN,
-            std=STD,
-            labels=tuple(result.labels),
-            threshold=config.threshold,
-            task=config.task,
-            thresholds=result.thresholds,
-        )
-        example = Path(data.val[0].path).read_bytes()
-        tags = {
-            "dataset_digest": data.index.digest,
-            "variant": data.index.variant,
-            "task": config.task,
-            **{k: f"{v:.4f}" for k, v in result.metrics.items() if "f1" in k or "map" in k},
-        }
-        module = get_task(config.task).export_module(net)
-        result.model_uri, result.model_version = tracker.log_model(module, spec, example, tags)
-    result.run_id, result.run_url = tracker.run_id, tracker.run_url
-    tracker.end("FINISHED")
 
 
 def main(argv: list[str] | None = None) -> int:
