@@ -18,6 +18,7 @@ from pixelpipe.assets.partitions import raw_batches_partitions  # noqa: E402
 from pixelpipe.io_managers.staging import NvmeStagingIOManager  # noqa: E402
 from pixelpipe.resources.mlflow import MlflowResource  # noqa: E402
 from pixelpipe.resources.s3 import S3Resource  # noqa: E402
+from pixelpipe.resources.settings import SettingsResource  # noqa: E402
 from pixelpipe.sensors.annotations import build_annotations_sensor  # noqa: E402
 from pixelpipe.sensors.cleanup import nvme_cleanup_sensors  # noqa: E402
 from pixelpipe.sensors.raw_images import build_raw_images_sensor  # noqa: E402
@@ -52,6 +53,7 @@ def build_annotations_job() -> dg.UnresolvedAssetJobDefinition:
 def resources_for(settings: Settings) -> dict[str, object]:
     s3 = S3Resource.from_settings(settings)
     return {
+        "settings": SettingsResource.from_settings(settings),
         "s3": s3,
         "mlflow": MlflowResource.from_settings(settings),
         "sqs": SqsResource.from_settings(settings),

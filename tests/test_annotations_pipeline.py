@@ -231,9 +231,12 @@ def test_annotation_refreshes_do_only_new_work(two_variants: Settings, s3, tmp_p
     data = tmp_path / "data"
     generate(data, 3, seed=21)
     upload_dataset(data, settings, prefix)
-    (run,) = poll(settings.model_copy(update={"raw_prefix": prefix}), prefix, echo=print)
+    # the refreshes run with the settings the first run had (assets read them from the
+    # definitions' SettingsResource, and the raw prefix is part of a conversion's identity)
+    scoped = settings.model_copy(update={"raw_prefix": prefix})
+    (run,) = poll(scoped, prefix, echo=print)
     assert run.success
-    job = build_definitions(settings).resolve_job_def("annotations_job")
+    job = build_definitions(scoped).resolve_job_def("annotations_job")
     inst = instance(settings)
 
     again = materializations(job.execute_in_process(instance=inst))

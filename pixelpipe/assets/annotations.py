@@ -13,7 +13,8 @@ from pixelpipe.annotations.exports import convert_exports, raw_coco
 from pixelpipe.assets.stage2 import normalized_images
 from pixelpipe.imaging.preview import Thumb, preview_markdown
 from pixelpipe.resources.s3 import S3Resource
-from pixelpipe.settings import Settings, get_settings
+from pixelpipe.resources.settings import SettingsResource
+from pixelpipe.settings import Settings
 from pixelpipe.storage.layout import RAW_BOXES_KEY, RAW_COCO_KEY
 
 
@@ -47,17 +48,19 @@ def _boxed_preview(s3: Any, built: Built, work: Path) -> str:
 
 
 @dg.asset(group_name="annotations", kinds={"labelstudio", "coco"})
-def raw_annotations(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.MaterializeResult:
+def raw_annotations(
+    context: dg.AssetExecutionContext, s3: S3Resource, settings: SettingsResource
+) -> dg.MaterializeResult:
     """Label Studio exports under ANNOTATIONS_PREFIX as COCO in raw pixels, and Stage 1's boxes."""
-    settings = get_settings()
+    cfg = settings.get()
     client = s3.client()
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=_work_root(settings)) as tmp:
-        converted = convert_exports(client, settings, Path(tmp))
+    with tempfile.TemporaryDirectory(dir=_work_root(cfg)) as tmp:
+        converted = convert_exports(client, cfg, Path(tmp))
     coco = raw_coco(converted)
-    coco_uri, coco_sha = put_json(client, settings.artifacts_bucket, RAW_COCO_KEY, coco)
+    coco_uri, coco_sha = put_json(client, cfg.artifacts_bucket, RAW_COCO_KEY, coco)
     lookup = {"boxes": converted["boxes"], "categories": converted["categories"]}
-    put_json(client, settings.artifacts_bucket, RAW_BOXES_KEY, lookup)
+    put_json(client, cfg.artifacts_bucket, RAW_BOXES_KEY, lookup)
     artifacts = [
         *converted["artifacts"],
         mf.AnnotationArtifact(
@@ -71,11 +74,11 @@ def raw_annotations(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.Mat
     ]
     uri, _ = _write_manifest(
         client,
-        settings,
+        cfg,
         "raw_annotations",
         context.run.run_id,
         config={
-            "annotations_prefix": settings.annotations_prefix,
+            "annotations_prefix": cfg.annotations_prefix,
             "categories": converted["categories"],
         },
         artifacts=artifacts,
@@ -114,22 +117,24 @@ def raw_annotations(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.Mat
     kinds={"coco"},
     automation_condition=dg.AutomationCondition.eager(),
 )
-def coco_annotations(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.MaterializeResult:
+def coco_annotations(
+    context: dg.AssetExecutionContext, s3: S3Resource, settings: SettingsResource
+) -> dg.MaterializeResult:
     """COCO per variant and partition, boxes projected from raw pixels; one dataset index each."""
-    settings = get_settings()
+    cfg = settings.get()
     client = s3.client()
     started = time.perf_counter()
-    built = build_variant_cocos(client, settings)
-    with tempfile.TemporaryDirectory(dir=_work_root(settings)) as tmp:
+    built = build_variant_cocos(client, cfg)
+    with tempfile.TemporaryDirectory(dir=_work_root(cfg)) as tmp:
         preview = _boxed_preview(client, built, Path(tmp))
     uri, _ = _write_manifest(
         client,
-        settings,
+        cfg,
         "coco_annotations",
         context.run.run_id,
         config={
             "categories": built.categories,
-            "variants": [v.spec() for v in settings.variants],
+            "variants": [v.spec() for v in cfg.variants],
         },
         artifacts=built.artifacts,
         stats=mf.StageStats(

@@ -77,7 +77,7 @@ def build_manifest_checks(
     """The CHECK_NAMES checks of `asset`, blocking and partitioned, from one read of the manifest
     this run wrote (not whatever a concurrent run made latest)."""
     from pixelpipe.resources.s3 import S3Resource
-    from pixelpipe.settings import get_settings
+    from pixelpipe.resources.settings import SettingsResource
 
     name = asset.key.path[-1]
     specs = [
@@ -93,13 +93,13 @@ def build_manifest_checks(
 
     @dg.multi_asset_check(specs=specs, name=f"{name}_manifest_checks")
     def _checks(
-        context: dg.AssetCheckExecutionContext, s3: S3Resource
+        context: dg.AssetCheckExecutionContext, s3: S3Resource, settings: SettingsResource
     ) -> Iterator[dg.AssetCheckResult]:
         client = s3.client()
         partition = context.partition_key
         uri = run_manifest_uri(context.instance, context.run.run_id, name)
         if uri is None:
-            uri = mf.latest_manifest_uri(client, bucket_of(get_settings()), name, partition)
+            uri = mf.latest_manifest_uri(client, bucket_of(settings.get()), name, partition)
         results = manifest_check_results(client, uri, name, partition, schema, extra)
         for check_name in CHECK_NAMES:
             passed, metadata = results[check_name]

@@ -13,7 +13,7 @@ from pixelpipe.assets.training import trained_model
 from pixelpipe.io_managers.staging import StagedBatch, cleanup_run
 from pixelpipe.resources.mlflow import MlflowResource
 from pixelpipe.resources.s3 import S3Resource
-from pixelpipe.settings import get_settings
+from pixelpipe.resources.settings import SettingsResource
 from pixelpipe.storage.layout import batch_listing_key
 
 PREDICTIONS_PREFIX = "predictions"
@@ -47,6 +47,7 @@ def batch_predictions(
     raw_image_batches: StagedBatch,
     s3: S3Resource,
     mlflow: MlflowResource,
+    settings: SettingsResource,
 ) -> dg.MaterializeResult:
     """The model's predictions for a batch's raw images (boxes in raw pixels for a detector),
     as COCO results and as a Label Studio import of pre-annotations for a human to review.
@@ -67,7 +68,7 @@ def batch_predictions(
     from pixelpipe.serving.registry import download, resolve
     from pixelpipe.training.mlflow_model import load_predictor
 
-    settings = get_settings()
+    cfg = settings.get()
     client = s3.client()
     batch = raw_image_batches
     partition = context.partition_key
@@ -88,7 +89,7 @@ def batch_predictions(
         )
     doc = predictions_document(records, predictor, mlflow.registered_model_name, version.version)
     validate_predictions(doc)
-    raw = settings.raw_bucket
+    raw = cfg.raw_bucket
     outputs: list[tuple[str, Any, mf.PredictionFormat]] = [
         ("predictions.json", doc, "pixelpipe_predictions")
     ]
@@ -101,7 +102,7 @@ def batch_predictions(
     outputs.append(("label_studio_import.json", tasks, "label_studio_json"))
     artifacts = [
         mf.PredictionArtifact(
-            uri=_put(client, settings.artifacts_bucket, f"{PREDICTIONS_PREFIX}/{partition}/{n}", b),
+            uri=_put(client, cfg.artifacts_bucket, f"{PREDICTIONS_PREFIX}/{partition}/{n}", b),
             format=fmt,
             images=len(records),
         )
@@ -123,7 +124,7 @@ def batch_predictions(
             "version": str(version.version),
             "alias": config.alias,
             "task": doc["task"],
-            "listing": f"s3://{settings.artifacts_bucket}/{batch_listing_key(partition)}",
+            "listing": f"s3://{cfg.artifacts_bucket}/{batch_listing_key(partition)}",
         },
         artifacts=artifacts,
         failures=failures,
@@ -137,9 +138,9 @@ def batch_predictions(
             images_per_second=len(records) / compute if compute else 0.0,
         ),
     )
-    uri, _ = mf.write_manifest(client, settings.artifacts_bucket, manifest, conditional=False)
-    if not settings.nvme_keep:
-        cleanup_run(settings.nvme_root.resolve(), context.run.run_id)
+    uri, _ = mf.write_manifest(client, cfg.artifacts_bucket, manifest, conditional=False)
+    if not cfg.nvme_keep:
+        cleanup_run(cfg.nvme_root.resolve(), context.run.run_id)
     for failure in failures:
         context.log.warning(f"failed {failure.source_uri}: {failure.reason}")
     counts: dict[str, int] = {}

@@ -13,7 +13,7 @@ from pixelpipe.imaging.preview import Thumb
 from pixelpipe.imaging.stage1 import Stage1Task, run_tasks
 from pixelpipe.io_managers.staging import StagedBatch, StagedOutput
 from pixelpipe.resources.s3 import S3Resource
-from pixelpipe.settings import get_settings
+from pixelpipe.resources.settings import SettingsResource
 from pixelpipe.storage.keys import UnsafeKeyError
 from pixelpipe.storage.layout import batch_listing_key
 
@@ -26,10 +26,12 @@ PREVIEW_SOURCES = 2  # raw images shown in the UI, each with all its copies
     group_name="ingest",
     kinds={"s3"},
 )
-def raw_image_batches(context: dg.AssetExecutionContext, s3: S3Resource) -> mf.BatchListing:
+def raw_image_batches(
+    context: dg.AssetExecutionContext, s3: S3Resource, settings: SettingsResource
+) -> mf.BatchListing:
     """One batch of new raw images found by the sensor, pinned by key and ETag."""
-    settings = get_settings()
-    uri = f"s3://{settings.artifacts_bucket}/{batch_listing_key(context.partition_key)}"
+    cfg = settings.get()
+    uri = f"s3://{cfg.artifacts_bucket}/{batch_listing_key(context.partition_key)}"
     listing = mf.BatchListing.model_validate(mf.read_json(s3.client(), uri))
     context.add_output_metadata(
         {
@@ -49,15 +51,18 @@ def raw_image_batches(context: dg.AssetExecutionContext, s3: S3Resource) -> mf.B
     kinds={"albumentations"},
 )
 def augmented_images(
-    context: dg.AssetExecutionContext, raw_image_batches: StagedBatch, s3: S3Resource
+    context: dg.AssetExecutionContext,
+    raw_image_batches: StagedBatch,
+    s3: S3Resource,
+    settings: SettingsResource,
 ) -> StagedOutput:
     """AUGMENT_COPIES augmented JPEGs per raw image, with the transform that made each."""
-    settings = get_settings()
+    cfg = settings.get()
     batch = raw_image_batches
-    spec = aug.load_spec(settings.augment_spec)
+    spec = aug.load_spec(cfg.augment_spec)
     digest = aug.spec_digest(spec)
     prefix = batch.listing.prefix if batch.listing else ""
-    raw_boxes = load_raw_boxes(s3.client(), settings.artifacts_bucket)
+    raw_boxes = load_raw_boxes(s3.client(), cfg.artifacts_bucket)
     failures = list(batch.failures)
     tasks = []
     # Output names are planned (and bounded) before any work: a key that cannot have one
@@ -74,15 +79,15 @@ def augmented_images(
                 local_path=str(f.local_path),
                 out_dir=str(batch.output_dir),
                 out_stem=stem,
-                copies=settings.augment_copies,
+                copies=cfg.augment_copies,
                 spec=spec,
                 spec_digest=digest,
                 boxes=raw_boxes.get(f.source_key, []),
-                quality=settings.jpeg_quality,
+                quality=cfg.jpeg_quality,
             )
         )
     started = time.perf_counter()
-    results = run_tasks(tasks, settings.worker_count)
+    results = run_tasks(tasks, cfg.worker_count)
     compute = time.perf_counter() - started
     by_key = {f.source_key: f for f in batch.files}
     items: list[mf.Stage1Item] = []
@@ -100,7 +105,7 @@ def augmented_images(
                     source_uri=source.source_uri,
                     source_key=source.source_key,
                     source_sha256=source.sha256,
-                    output_uri=f"s3://{settings.augmented_bucket}/{key}",
+                    output_uri=f"s3://{cfg.augmented_bucket}/{key}",
                     sha256=it["sha256"],
                     width=it["width"],
                     height=it["height"],
@@ -120,10 +125,10 @@ def augmented_images(
         config={
             "augment_spec": spec,
             "spec_digest": digest,
-            "copies": settings.augment_copies,
-            "jpeg_quality": settings.jpeg_quality,
+            "copies": cfg.augment_copies,
+            "jpeg_quality": cfg.jpeg_quality,
             "listing": batch.upstream_manifest_uri
-            or f"s3://{settings.artifacts_bucket}/{batch_listing_key(batch.partition)}",
+            or f"s3://{cfg.artifacts_bucket}/{batch_listing_key(batch.partition)}",
         },
         items=items,
         failures=failures,
@@ -132,15 +137,15 @@ def augmented_images(
     for failure in failures:
         context.log.warning(f"failed {failure.source_uri}: {failure.reason}")
     return StagedOutput(
-        bucket=settings.augmented_bucket,
+        bucket=cfg.augmented_bucket,
         output_dir=batch.output_dir,
         uploads=uploads,
         manifest=manifest,
         schema="stage1_manifest",
-        preview=_preview(items, batch.output_dir, settings.augmented_bucket),
+        preview=_preview(items, batch.output_dir, cfg.augmented_bucket),
         metadata={
             "inputs": inputs,
-            "workers": settings.worker_count,
+            "workers": cfg.worker_count,
             "spec_digest": digest,
             "raw_boxes_known": sum(1 for t in tasks if t.boxes),
         },

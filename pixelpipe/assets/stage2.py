@@ -14,7 +14,7 @@ from pixelpipe.imaging.preview import Thumb
 from pixelpipe.imaging.stage2 import Stage2Input, run_stage2
 from pixelpipe.imaging.variants import Variant
 from pixelpipe.io_managers.staging import StagedBatch, StagedOutput
-from pixelpipe.settings import get_settings
+from pixelpipe.resources.settings import SettingsResource
 
 PREVIEW_SOURCES = 2  # stage-1 images shown in the UI, each in every variant
 
@@ -26,12 +26,12 @@ PREVIEW_SOURCES = 2  # stage-1 images shown in the UI, each in every variant
     kinds={"dali"},
 )
 def normalized_images(
-    context: dg.AssetExecutionContext, augmented_images: StagedBatch
+    context: dg.AssetExecutionContext, augmented_images: StagedBatch, settings: SettingsResource
 ) -> StagedOutput:
     """Each stage-1 image in every training size, under <variant_name>/<partition>/<key>."""
-    settings = get_settings()
+    cfg = settings.get()
     batch = augmented_images
-    variants = settings.variants
+    variants = cfg.variants
     inputs = [
         Stage2Input(
             source_uri=f.source_uri,
@@ -48,9 +48,9 @@ def normalized_images(
         inputs,
         variants,
         batch.output_dir,
-        backend=settings.image_backend,
-        quality=settings.jpeg_quality,
-        workers=settings.worker_count,
+        backend=cfg.image_backend,
+        quality=cfg.jpeg_quality,
+        workers=cfg.worker_count,
     )
     compute = time.perf_counter() - started
     items: list[mf.Stage2Item] = []
@@ -70,7 +70,7 @@ def normalized_images(
             variant_name=r.variant_name or "",
             width=r.width,
             height=r.height,
-            output_uri=f"s3://{settings.normalized_bucket}/{key}",
+            output_uri=f"s3://{cfg.normalized_bucket}/{key}",
             sha256=r.sha256 or "",
             bytes=r.bytes,
             geometry=r.geometry or {},
@@ -95,8 +95,8 @@ def normalized_images(
         created_at=mf.now_iso(),
         config={
             "normalize_sizes": [v.spec() for v in variants],
-            "backend": settings.image_backend,
-            "jpeg_quality": settings.jpeg_quality,
+            "backend": cfg.image_backend,
+            "jpeg_quality": cfg.jpeg_quality,
             "upstream": batch.upstream_manifest_uri,
         },
         items=items,
@@ -107,17 +107,17 @@ def normalized_images(
     for failure in failures:
         context.log.warning(f"failed {failure.source_uri}: {failure.reason}")
     return StagedOutput(
-        bucket=settings.normalized_bucket,
+        bucket=cfg.normalized_bucket,
         output_dir=batch.output_dir,
         uploads=uploads,
         manifest=manifest,
         schema="stage2_manifest",
-        preview=_preview(items, batch.output_dir, settings.normalized_bucket, variants),
+        preview=_preview(items, batch.output_dir, cfg.normalized_bucket, variants),
         metadata={
             "variants": ", ".join(v.spec() for v in variants),
             "reused_from_nvme": batch.reused_local,
             "downloaded": batch.downloaded,
-            "backend": settings.image_backend,
+            "backend": cfg.image_backend,
         },
     )
 

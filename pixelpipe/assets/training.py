@@ -6,7 +6,7 @@ import dagster as dg
 
 from pixelpipe.assets.annotations import coco_annotations
 from pixelpipe.resources.mlflow import MlflowResource
-from pixelpipe.settings import get_settings
+from pixelpipe.resources.settings import SettingsResource
 from pixelpipe.training.config import TrainConfig
 
 
@@ -34,12 +34,15 @@ class TrainedModelConfig(dg.Config):
 
 @dg.asset(group_name="training", deps=[coco_annotations], kinds={"pytorch", "mlflow"})
 def trained_model(
-    context: dg.AssetExecutionContext, config: TrainedModelConfig, mlflow: MlflowResource
+    context: dg.AssetExecutionContext,
+    config: TrainedModelConfig,
+    mlflow: MlflowResource,
+    settings: SettingsResource,
 ) -> dg.MaterializeResult:
     """A new registered model version (alias `candidate`) trained on one variant's dataset."""
     from pixelpipe.training.launch import launch
 
-    settings = get_settings().model_copy(
+    launch_settings = settings.get().model_copy(
         update={
             "mlflow_tracking_uri": mlflow.tracking_uri,
             "mlflow_experiment": mlflow.experiment,
@@ -47,7 +50,7 @@ def trained_model(
         }
     )
     train_config = TrainConfig(**config.model_dump(), run_name=f"dagster-{context.run.run_id[:8]}")
-    result = launch(train_config, settings)
+    result = launch(train_config, launch_settings)
     return dg.MaterializeResult(metadata=training_metadata(result, mlflow.tracking_uri))
 
 

@@ -1,1 +1,1 @@
-"""Dagster resources: S3 and MLflow clients."""
+"""Dagster resources: the settings, S3 and MLflow clients."""
