@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from pixelpipe.definitions import build_definitions
+from pixelpipe.resources.settings import SettingsResource
 from pixelpipe.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,15 +19,43 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_definitions_load_with_assets_checks_jobs_and_sensors(settings: Settings) -> None:
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
-    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert {"raw_image_batches", "augmented_images", "normalized_images"} <= keys
-    job = defs.resolve_job_def("ingest_job")
-    assert job.partitions_def is not None
-    checks = {key.name for key in graph.asset_check_keys}
-    assert {"manifest_valid", "outputs_exist", "counts_add_up"} <= checks
+    partitions = {
+        key.to_user_string(): getattr(graph.get(key).partitions_def, "name", None)
+        for key in graph.get_all_asset_keys()
+    }
+    batch = "raw_image_batches"  # the dynamic partitions the sensor adds, one per batch
+    assert partitions == {
+        "raw_image_batches": batch,
+        "augmented_images": batch,
+        "normalized_images": batch,
+        "raw_annotations": None,
+        "coco_annotations": None,
+        "trained_model": None,
+        "batch_predictions": batch,
+    }
+    ingest = defs.resolve_job_def("ingest_job")
+    assert isinstance(ingest.partitions_def, dg.DynamicPartitionsDefinition)
+    assert ingest.partitions_def.name == batch
+    assert {j.name for j in defs.jobs or []} == {"ingest_job", "annotations_job", "training_job"}
+    checks = {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys}
+    assert checks == {
+        (asset, check)
+        for asset in ("augmented_images", "normalized_images")
+        for check in ("manifest_valid", "outputs_exist", "counts_add_up")
+    }
     sensor = defs.get_sensor_def("raw_images_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert {"s3", "mlflow", "staging_io_manager"} <= set(defs.resources)
+    assert sensor.job_name == "ingest_job"
+    assert defs.get_sensor_def("annotations_sensor").job_name == "annotations_job"
+    assert set(defs.resources or {}) == {"settings", "s3", "mlflow", "sqs", "staging_io_manager"}
+
+
+def test_assets_get_the_settings_the_definitions_were_built_with(settings: Settings) -> None:
+    custom = settings.model_copy(update={"jpeg_quality": 77, "raw_prefix": "elsewhere"})
+    resource = build_definitions(custom).resources["settings"]
+    assert isinstance(resource, SettingsResource)
+    assert resource.get() == custom
+    assert resource.get() is resource.get()  # parsed once
 
 
 def test_dagster_cli_validates_workspace(settings: Settings) -> None:

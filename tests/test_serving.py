@@ -42,6 +42,7 @@ from pixelpipe.serving.predictions import (
     validate_predictions,
 )
 from pixelpipe.serving.registry import ModelRef, parse_ref
+from pixelpipe.settings import Settings, load_settings
 from pixelpipe.training.loaders import decode_image, preprocess_images
 from pixelpipe.training.mlflow_model import (
     Predictor,
@@ -595,12 +596,10 @@ def test_batch_config_reads_settings_then_env(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("SERVE_MAX_BATCH", "4")
     monkeypatch.setenv("SERVE_MAX_WAIT_MS", "2.5")
     assert BatchConfig.from_settings() == BatchConfig(4, 2.5)
-
-    class Configured:
-        serve_max_batch = 32
-        serve_max_wait_ms = 0.0
-
-    assert BatchConfig.from_settings(Configured()) == BatchConfig(32, 0.0)
+    assert BatchConfig.from_settings(load_settings()) == BatchConfig(4, 2.5)
+    # values given to Settings win over the environment
+    given = Settings(serve_max_batch=32, serve_max_wait_ms=0.0)
+    assert BatchConfig.from_settings(given) == BatchConfig(32, 0.0)
     with pytest.raises(ValueError, match="SERVE_MAX_BATCH"):
         BatchConfig(0, 1.0)
 

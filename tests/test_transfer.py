@@ -16,7 +16,6 @@ from botocore.config import Config
 from conftest import Stack
 
 from pixelpipe.bench.transfer import run_bench, summarize
-from pixelpipe.storage.http1 import host_header
 from pixelpipe.storage.sigv4 import GetSigner
 from pixelpipe.storage.transfer import Failed, Want, download_keys, download_many, upload_many
 
@@ -337,7 +336,49 @@ def test_upload_with_if_none_match_never_overwrites(s3: Any, bucket: str, tmp_pa
     assert s3.get_object(Bucket=bucket, Key="k.jpg")["Body"].read() == b"first"
 
 
-def test_host_header_is_the_signed_host() -> None:
-    """Signers drop a default port from Host; the request must send the same Host."""
-    assert host_header("https://s3.example.com:443") == "s3.example.com"
-    assert host_header("http://127.0.0.1:8333") == "127.0.0.1:8333"
+class _HostRecorder(BaseHTTPRequestHandler):
+    """Answers every GET with a small body and records the Host header each key came with."""
+
+    protocol_version = "HTTP/1.1"
+    hosts: dict[str, str] = {}
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        name = self.path.split("?")[0].rsplit("/", 1)[-1]
+        self.hosts[name] = self.headers.get("Host", "")
+        body = f"body of {name}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("port", [80, 0], ids=["default-port", "own-port"])
+def test_downloads_send_the_host_botocore_signs(tmp_path: Path, port: int) -> None:
+    """Signers drop a default port from Host (http://h:80 signs `h`); a download must send the
+    Host botocore signs and sends, or a real S3 refuses the signature."""
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", port), _HostRecorder)
+    except OSError as exc:
+        pytest.skip(f"cannot listen on 127.0.0.1:{port}: {exc}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_port}"
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+        client.get_object(Bucket="b", Key="by-botocore.bin")["Body"].read()
+        report = download_many(lambda: client, "b", [("ours.bin", tmp_path / "ours.bin")])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert report.failures == [] and (tmp_path / "ours.bin").read_bytes() == b"body of ours.bin"
+    expected = "127.0.0.1" if port == 80 else f"127.0.0.1:{server.server_port}"
+    assert _HostRecorder.hosts["ours.bin"] == _HostRecorder.hosts["by-botocore.bin"] == expected
