@@ -197,7 +197,7 @@ def run_demo(stack_dir: Path, count: int, seed: int = 7, epochs: int | None = No
 
     from pixelpipe.datagen import generate
     from pixelpipe.pipeline import poll
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
     from pixelpipe.uploads import upload_dataset
 
     sample = stack_dir / f"sample-{count}-{seed}"

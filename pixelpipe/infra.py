@@ -346,7 +346,7 @@ def clients_for(variant: str, settings: Settings, region: str | None = None) -> 
     the default credential chain (profile, SSO, instance role)."""
     import boto3
 
-    from pixelpipe.resources.s3 import make_client
+    from pixelpipe.storage.client import make_client
 
     region = region or settings.aws_region
     key, secret = settings.aws_access_key_id or None, settings.aws_secret_access_key or None

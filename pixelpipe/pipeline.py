@@ -66,10 +66,10 @@ def poll(
     next tick, up to RUN_RETRIES times; then it is reported with the command that re-runs it.
     """
     from pixelpipe.definitions import build_definitions
-    from pixelpipe.resources.s3 import client_from_settings
     from pixelpipe.sensors.annotations import evaluate_exports
     from pixelpipe.sensors.batch_runs import rerun_command
     from pixelpipe.sensors.raw_images import evaluate_tick
+    from pixelpipe.storage.client import client_from_settings
 
     instance = instance_for(settings)
     defs = build_definitions(settings)

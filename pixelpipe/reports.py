@@ -18,7 +18,7 @@ def upload_reports(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
 
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     if not files:

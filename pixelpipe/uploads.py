@@ -31,7 +31,7 @@ def upload_dataset(
     directory: Path, settings: Settings, prefix: str, *, progress: bool = False
 ) -> TransferReport:
     """Upload concurrently into RAW_BUCKET, with a progress bar (objects, MB, MB/s) when asked."""
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
 
     client = client_from_settings(settings)
     items = plan_upload(directory, settings, prefix)

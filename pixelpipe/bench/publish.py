@@ -36,7 +36,7 @@ def publish(
     """Upload every file in out_dir to S3 perf/ and log them (and metrics) to an MLflow run."""
     from mlflow.tracking import MlflowClient
 
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     prefix = f"perf/{bench}/{stamp}"

@@ -100,8 +100,8 @@ def _idle_tick_rss(settings_json: str, home: str, prefix: str) -> tuple[float, i
     """Child-process entry: one idle tick on the stored cursor; (seconds, peak RSS KiB)."""
     import dagster as dg
 
-    from pixelpipe.resources.s3 import client_from_settings
     from pixelpipe.sensors.raw_images import evaluate_tick
+    from pixelpipe.storage.client import client_from_settings
 
     settings = Settings.model_validate_json(settings_json)
     instance = dg.DagsterInstance.from_config(home)

@@ -50,7 +50,7 @@ def bench_stage1(
     """Stage 1 images/s per worker vs a plain albumentations loop; stage-in vs boto3 and s5cmd."""
     from pixelpipe.bench import transfer
     from pixelpipe.bench.stage1 import run_bench
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
 
     settings = settings_or_exit()
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +93,7 @@ def bench_stage2(
 ) -> None:
     """Stage 2 multi-variant cost vs the naive baseline; NVMe write and S3 upload throughput."""
     from pixelpipe.bench.stage2 import run_bench
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
     from pixelpipe.storage.transfer import upload_many
 
     settings = settings_or_exit()
@@ -200,7 +200,7 @@ def bench_sensor(
     import json
 
     from pixelpipe.bench.sensor import run_bench
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
 
     settings = settings_or_exit()
     counts = [int(n) for n in objects.split(",")]

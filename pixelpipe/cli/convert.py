@@ -17,7 +17,7 @@ def _read_input(source: str) -> Path:
     import tempfile
 
     from pixelpipe.manifests import split_uri
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
 
     bucket, key = split_uri(source)
     local = Path(tempfile.mkdtemp()) / Path(key).name
@@ -65,7 +65,7 @@ def coco_to_ls_cmd(
     if urls not in {"s3", "presigned"}:
         raise typer.BadParameter(f"--urls {urls!r}: expected s3 or presigned")
     if urls == "presigned":
-        from pixelpipe.resources.s3 import client_from_settings
+        from pixelpipe.storage.client import client_from_settings
 
         client = client_from_settings(settings)
 

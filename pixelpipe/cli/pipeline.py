@@ -46,7 +46,7 @@ def audit(
 ) -> None:
     """Check that every raw image under PREFIX has exactly its outputs, and that they are intact."""
     from pixelpipe.audit import audit as run_audit
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
 
     settings = settings_or_exit()
     report = run_audit(

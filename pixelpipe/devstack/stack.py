@@ -274,7 +274,7 @@ class DevStack:
         return proc.pid, port
 
     def _ensure_buckets(self, info: StackInfo) -> None:
-        from pixelpipe.resources.s3 import make_client
+        from pixelpipe.storage.client import make_client
 
         client = make_client(
             info.s3_endpoint, info.access_key, info.secret_key, self.settings.aws_region

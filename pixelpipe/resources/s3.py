@@ -7,23 +7,10 @@ from typing import Any
 
 import dagster as dg
 
-from pixelpipe.settings import Settings, get_settings
-from pixelpipe.storage.client import make_client
+from pixelpipe.settings import Settings
+from pixelpipe.storage.client import client_from_settings, make_client
 
 __all__ = ["S3Resource", "client_from_settings", "make_client"]
-
-
-def client_from_settings(settings: Settings | None = None) -> Any:
-    """A client for the S3 the environment points at."""
-    s = settings or get_settings()
-    return make_client(
-        s.s3_endpoint_url,
-        s.aws_access_key_id,
-        s.aws_secret_access_key,
-        s.aws_region,
-        max_attempts=s.s3_max_attempts,
-        max_pool_connections=max(64, s.s3_max_concurrency * 2),
-    )
 
 
 class S3Resource(dg.ConfigurableResource):

@@ -7,11 +7,14 @@ boto3 clients here, so they behave the same against any S3-compatible server.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 from botocore.utils import parse_timestamp
+
+if TYPE_CHECKING:
+    from pixelpipe.settings import Settings
 
 
 def fast_timestamp(value: Any) -> datetime:
@@ -58,4 +61,20 @@ def make_client(
         aws_access_key_id=access_key or None,
         aws_secret_access_key=secret_key or None,
         config=config,
+    )
+
+
+def client_from_settings(settings: Settings | None = None) -> Any:
+    """A client for the S3 the settings (default: the environment's) point at."""
+    if settings is None:
+        from pixelpipe.settings import get_settings
+
+        settings = get_settings()
+    return make_client(
+        settings.s3_endpoint_url,
+        settings.aws_access_key_id,
+        settings.aws_secret_access_key,
+        settings.aws_region,
+        max_attempts=settings.s3_max_attempts,
+        max_pool_connections=max(64, settings.s3_max_concurrency * 2),
     )

@@ -29,7 +29,7 @@ class DatasetError(ValueError):
 
 def s3_client(settings: Settings) -> Any:
     """The project's one S3 client factory, for the settings' endpoint."""
-    from pixelpipe.resources.s3 import client_from_settings
+    from pixelpipe.storage.client import client_from_settings
 
     return client_from_settings(settings)
 
