@@ -53,15 +53,12 @@ def scenes(settings: Settings, s3: Any, tmp_path_factory: pytest.TempPathFactory
 def detection_scenes(
     settings: Settings, s3: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Published:
-    """datagen's scenes as generated (1-4 shapes of 8-30% of the image, random colours, textured
-    backgrounds) in a 128x128 letterbox variant: LEARN_IMAGES raw images, one copy each. The
-    sources are 640x480 and 1280x720 (4:3 and 16:9 like datagen's larger defaults): after the
-    letterbox to 128 px only the aspect ratio is left, and rendering 12 MP scenes would only
-    cost time."""
+    """datagen's scenes exactly as generated (1-4 shapes of 8-30% of the image, random colours,
+    textured backgrounds, its four source sizes up to 4000x3000) in a 128x128 letterbox
+    variant: LEARN_IMAGES raw images, one copy each."""
     variant = f"t{secrets.token_hex(3)}-detect"
     gen = tmp_path_factory.mktemp("detect")
-    images = render_variant_images(gen, LEARN_IMAGES, 128, seed=11, mode="letterbox",
-                                   sizes=((640, 480), (1280, 720)))  # fmt: skip
+    images = render_variant_images(gen, LEARN_IMAGES, 128, seed=11, mode="letterbox")
     uri = publish_dataset(settings, s3, variant, images, mode="letterbox")
     return Published(variant, uri, images)
 

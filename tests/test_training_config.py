@@ -66,7 +66,11 @@ def rejection(config: TrainConfig, settings: Settings) -> str:
 
 
 def test_sound_config_passes(settings: Settings, variants: dict[str, str]) -> None:
-    validate_launch(TrainConfig(variant=variants["full"], device="cpu"), settings)
+    """A sound config starts; the same config one field off is refused for that field alone."""
+    sound = TrainConfig(variant=variants["full"], device="cpu")
+    assert validate_launch(sound, settings) is None
+    message = rejection(sound.model_copy(update={"epochs": 0}), settings)
+    assert message.splitlines()[1:] == ["  epochs=0: expected at least 1"]
 
 
 def test_unknown_variant_lists_known_ones(settings: Settings, variants: dict[str, str]) -> None:
