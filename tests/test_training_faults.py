@@ -7,7 +7,6 @@ server is a real `mlflow server` of a stack of this module's own, really killed.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -128,4 +127,3 @@ def test_mlflow_killed_during_training_fails_the_run_clearly_and_the_retry_regis
            "expected_outputs": 1, "outputs": len(versions) - len(before), "lost": 0,
            "duplicated": 0, "mismatched": 0, "false_failures": 0},
            time.monotonic() - started)  # fmt: skip
-    assert os.environ["MLFLOW_TRACKING_URI"] == info.mlflow_uri

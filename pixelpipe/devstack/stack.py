@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ STATE_FILE = "stack.json"
 MAX_VOLUMES = 2000
 VOLUME_SIZE_MB = 64
 PORTS_FILE = "ports.json"  # kept across restarts: clients of a restarted stack keep working
+PORT_WAIT_SECONDS = 15.0
 # The instance the daemon and `dagster dev` use on the devstack: one run per batch partition at a
 # time, Dagster's run retries for failed batches (RUN_RETRIES is the per-run limit, sent as the
 # dagster/max_retries tag), and run monitoring for runs whose process died.
@@ -158,18 +160,22 @@ class DevStack:
         (self.root / PORTS_FILE).write_text(json.dumps(saved))
         return info
 
-    def _saved_ports(self) -> dict[str, object]:
-        """The ports of the last start, if they are all free again (else {}: pick new ones)."""
+    def _saved_ports(self, wait: float = PORT_WAIT_SECONDS) -> dict[str, object]:
+        """The ports of the last start once they are all free again (a process just stopped
+        may hold one for a moment); {} after `wait` seconds, or with no saved ports: pick new."""
         path = self.root / PORTS_FILE
         if not path.exists():
             return {}
         saved: dict[str, Any] = json.loads(path.read_text())
         s3 = dict(saved.get("s3") or {})
         wanted = [*s3.values(), *(p + GRPC_OFFSET for p in s3.values()), saved.get("mlflow")]
-        if set(s3) != set(S3_SERVICES) or not all(
-            isinstance(p, int) and port_free(p) for p in wanted
-        ):
+        if set(s3) != set(S3_SERVICES) or not all(isinstance(p, int) for p in wanted):
             return {}
+        deadline = time.monotonic() + wait
+        while not all(port_free(p) for p in wanted):
+            if time.monotonic() >= deadline:
+                return {}
+            time.sleep(0.25)
         return saved
 
     @property

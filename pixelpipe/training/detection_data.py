@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Subset
+from torch.utils.data import Dataset
 
 from pixelpipe.training.centernet import make_targets
 from pixelpipe.training.loaders import (
     LoaderSpec,
     _drop_last,
-    _worker_init,
+    data_loader,
     decode_image,
     normalize,
     to_input_size,
@@ -105,33 +105,7 @@ class DetectionBatches:
     ) -> None:
         self.spec = spec
         files = DetectionFiles(paths, boxes, classes, spec, train)
-        data: Dataset[tuple[torch.Tensor, int | DetTargets]] = files
-        self.sampler: DistributedSampler[int] | None = None
-        sampler: Any
-        if train and spec.world_size > 1:
-            self.sampler = DistributedSampler(
-                data, spec.world_size, spec.rank, shuffle=True, seed=spec.seed, drop_last=True
-            )
-            sampler, per_rank = self.sampler, len(self.sampler)
-        elif train:
-            gen = torch.Generator().manual_seed(spec.seed)
-            sampler, per_rank = RandomSampler(files, generator=gen), len(paths)
-        else:
-            data = Subset(data, list(range(spec.rank, len(paths), spec.world_size)))
-            sampler, per_rank = None, len(data)
-        workers = spec.num_workers
-        self.loader = DataLoader(
-            data,
-            batch_size=spec.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=spec.device == "cuda",
-            drop_last=train and _drop_last(per_rank, spec.batch_size),
-            persistent_workers=workers > 0,
-            multiprocessing_context="spawn" if workers > 0 else None,
-            worker_init_fn=_worker_init if workers > 0 else None,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+        self.loader, self.sampler = data_loader(files, len(paths), spec, train)
 
     def __len__(self) -> int:
         return len(self.loader)

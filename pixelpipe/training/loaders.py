@@ -149,6 +149,43 @@ def _worker_init(_: int) -> None:
     cv2.setNumThreads(1)  # workers are the parallelism; nested cv2 threads oversubscribe cores
 
 
+def data_loader(
+    data: Dataset[Any], count: int, spec: LoaderSpec, train: bool
+) -> tuple[DataLoader[Any], DistributedSampler[int] | None]:
+    """The DataLoader every torch loader uses, and its DistributedSampler when there is one.
+
+    Training shuffles (a DistributedSampler shard per rank under DDP, equal-sized so every rank
+    steps together); validation takes a plain, unpadded shard per rank, so counts sum exactly.
+    """
+    sampler: Any = None
+    dist_sampler: DistributedSampler[int] | None = None
+    if train and spec.world_size > 1:
+        dist_sampler = DistributedSampler(
+            data, spec.world_size, spec.rank, shuffle=True, seed=spec.seed, drop_last=True
+        )
+        sampler, per_rank = dist_sampler, len(dist_sampler)
+    elif train:
+        gen = torch.Generator().manual_seed(spec.seed)
+        sampler, per_rank = RandomSampler(data, generator=gen), count  # type: ignore[arg-type]
+    else:
+        data = Subset(data, list(range(spec.rank, count, spec.world_size)))
+        per_rank = len(data)
+    workers = spec.num_workers
+    loader: DataLoader[Any] = DataLoader(
+        data,
+        batch_size=spec.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=spec.device == "cuda",
+        drop_last=train and _drop_last(per_rank, spec.batch_size),
+        persistent_workers=workers > 0,
+        multiprocessing_context="spawn" if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    return loader, dist_sampler
+
+
 class TorchBatches:
     """torch DataLoader over ImageFiles (workers, pinned memory, DistributedSampler)."""
 
@@ -157,34 +194,7 @@ class TorchBatches:
     ) -> None:
         self.spec = spec
         files = ImageFiles(paths, targets, spec, train)
-        data: Dataset[tuple[torch.Tensor, torch.Tensor]] = files
-        self.sampler: DistributedSampler[int] | None = None
-        if train and spec.world_size > 1:
-            self.sampler = DistributedSampler(
-                data, spec.world_size, spec.rank, shuffle=True, seed=spec.seed, drop_last=True
-            )
-            sampler: Any = self.sampler
-            per_rank = len(self.sampler)
-        elif train:
-            gen = torch.Generator().manual_seed(spec.seed)
-            sampler, per_rank = RandomSampler(files, generator=gen), len(paths)
-        else:
-            # validation: a plain, unpadded shard per rank, so counts can be summed exactly
-            data = Subset(data, list(range(spec.rank, len(paths), spec.world_size)))
-            sampler, per_rank = None, len(data)
-        workers = spec.num_workers
-        self.loader = DataLoader(
-            data,
-            batch_size=spec.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            pin_memory=spec.device == "cuda",
-            drop_last=train and _drop_last(per_rank, spec.batch_size),
-            persistent_workers=workers > 0,
-            multiprocessing_context="spawn" if workers > 0 else None,
-            worker_init_fn=_worker_init if workers > 0 else None,
-            prefetch_factor=4 if workers > 0 else None,
-        )
+        self.loader, self.sampler = data_loader(files, len(paths), spec, train)
 
     def __len__(self) -> int:
         return len(self.loader)
