@@ -18,7 +18,10 @@ DEFAULT_COUNT = 200
 DEMO_VARIANT = "detect"
 DEMO_SIZES = "detect:128x128:letterbox,small:224x224,medium:384x384:letterbox"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-logging.getLogger("mlflow").setLevel(logging.ERROR)  # the demo prints its own summary
+# the demo prints its own summary (run links included), not MLflow's notes
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+logging.getLogger("mlflow").setLevel(logging.ERROR)
 
 
 def _count(s3: Any, bucket: str, prefix: str = "") -> tuple[int, int]:
