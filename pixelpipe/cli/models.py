@@ -45,6 +45,8 @@ def train(
     }
     fields.update({k: v for k, v in given.items() if v is not None})
     try:
+        # one line per epoch (loss, mAP, F1, images/s) while it trains, as torchrun's workers log
+        _epoch_lines()
         result = launch(TrainConfig(**fields), settings)
     except LaunchError as exc:
         typer.secho(str(exc), fg="red", err=True)
@@ -99,3 +101,15 @@ def promote(
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{settings.registered_model_name} version {promoted} is now @champion")
+
+
+def _epoch_lines() -> None:
+    """Show training's per-epoch log lines on stderr (the in-process run logs them at INFO)."""
+    import logging
+
+    log = logging.getLogger("pixelpipe.training")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
