@@ -29,9 +29,8 @@ from pixelpipe.settings import Settings, load_settings
 from pixelpipe.training.config import TrainConfig, resolve_device, resolve_loader
 from pixelpipe.training.dataset import read_index, split_samples, stage_dataset
 from pixelpipe.training.launch import LOG_TAIL_CHARS, TrainingFailed, settings_env
-from pixelpipe.training.loaders import LoaderSpec
 from pixelpipe.training.tasks import get_task
-from pixelpipe.training.train import DistInfo, seed_everything
+from pixelpipe.training.train import DistInfo, loader_spec, seed_everything
 
 
 def one_pass(config: TrainConfig, settings: Settings, info: DistInfo) -> dict[str, Any]:
@@ -44,18 +43,7 @@ def one_pass(config: TrainConfig, settings: Settings, info: DistInfo) -> dict[st
     train, _ = split_samples(staged.samples, config.val_fraction)
     device = resolve_device(config)
     loader = resolve_loader(config, device)
-    spec = LoaderSpec(
-        width=index.width,
-        height=index.height,
-        mode=index.mode,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
-        device=device,
-        device_id=info.local_rank,
-        rank=info.rank,
-        world_size=info.world_size,
-        seed=config.seed,
-    )
+    spec = loader_spec(config, index, info, device)
     batches = get_task(config.task).batches(loader, train, len(index.labels), spec, True)
     batches.set_epoch(0)
     sizes: list[int] = []

@@ -251,7 +251,10 @@ class _Trainer:
         self.thresholds = found.thresholds
 
 
-def _loader_spec(config: TrainConfig, index: DatasetIndex, info: DistInfo, device: str) -> Any:
+def loader_spec(
+    config: TrainConfig, index: DatasetIndex, info: DistInfo, device: str
+) -> LoaderSpec:
+    """What every loader of this process gets: the index's input size, the run's batching."""
     return LoaderSpec(
         width=index.width,
         height=index.height,
@@ -274,7 +277,7 @@ def _build(
     labels = data.index.labels
     task = get_task(config.task)
     loader = "synthetic" if config.synthetic_data else resolve_loader(config, device_name)
-    spec = _loader_spec(config, data.index, info, device_name)
+    spec = loader_spec(config, data.index, info, device_name)
     train_batches = task.batches(loader, data.train, len(labels), spec, True)
     val_batches = task.batches(loader, data.val, len(labels), spec, False)
     net = task.build(config.model, len(labels)).to(device)
